@@ -1,0 +1,21 @@
+# The project's commands. `make run` serves the app; `make test` runs every test.
+.PHONY: run test openapi lint fmt clean
+
+run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
+	scripts/run
+
+test: ## Lint, then run every test against real SQLite and MariaDB
+	scripts/test
+
+openapi: ## Regenerate the committed OpenAPI document from the code
+	cargo run --locked --quiet -p messages-api -- openapi > openapi/openapi.json
+
+lint: ## Formatting and clippy only
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+clean:
+	cargo clean

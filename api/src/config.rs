@@ -1,0 +1,250 @@
+//! Typed settings. Every setting is a command-line flag and an environment variable; a
+//! `.env` file is read in development. Secrets can also come from `*_FILE` paths.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "messages-api", version, about = "JSON REST API of the two-tier message board")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Run pending database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Exit 0 if the configured server's /health answers 200 (for container health checks).
+    Healthcheck,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    /// Longest accepted message, in Unicode scalar values.
+    #[arg(long, env = "MAX_MESSAGE_CHARS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_message_chars: u32,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+    /// A request that takes longer than this gets a 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Token that may edit and delete any message (unset: no admin).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (for container secrets).
+    #[arg(long, env = "ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Folder of static files served at / (development; nginx serves them in production).
+    #[arg(long, env = "WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `messages_api=debug`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// `mysql://USER:PASSWORD@HOST:PORT/DB` or `sqlite://PATH` [default: sqlite://data/messages.db,
+    /// or built from the MYSQL_* variables when MYSQL_HOST is set]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// MySQL host, used when DATABASE_URL is unset (the original Flask app's variables).
+    #[arg(long, env = "MYSQL_HOST")]
+    pub mysql_host: Option<String>,
+    /// MySQL port.
+    #[arg(long, env = "MYSQL_PORT", default_value_t = 3306)]
+    pub mysql_port: u16,
+    /// MySQL user (required with MYSQL_HOST).
+    #[arg(long, env = "MYSQL_USER")]
+    pub mysql_user: Option<String>,
+    /// MySQL password.
+    #[arg(long, env = "MYSQL_PASSWORD", hide_env_values = true)]
+    pub mysql_password: Option<String>,
+    /// File holding the MySQL password (for container secrets).
+    #[arg(long, env = "MYSQL_PASSWORD_FILE", conflicts_with = "mysql_password")]
+    pub mysql_password_file: Option<PathBuf>,
+    /// MySQL database name (required with MYSQL_HOST).
+    #[arg(long, env = "MYSQL_DB")]
+    pub mysql_db: Option<String>,
+    /// Database connections in the pool [default: 4 per CPU core, at least 8].
+    #[arg(long = "db-pool-size", env = "DB_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub pool_size: Option<u32>,
+    /// How long a request waits for a free connection before answering 503.
+    #[arg(long = "db-pool-timeout-ms", env = "DB_POOL_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..=2000))]
+    pub pool_timeout_ms: u64,
+    /// Run pending migrations at start.
+    #[arg(long, env = "RUN_MIGRATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_migrations: bool,
+}
+
+/// Where the data lives, decided from the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Mysql { url: String },
+    Sqlite { path: PathBuf },
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/messages.db";
+
+impl DatabaseSettings {
+    pub fn target(&self) -> anyhow::Result<DatabaseTarget> {
+        let url = match (&self.database_url, &self.mysql_host) {
+            (Some(url), _) => url.clone(),
+            (None, Some(host)) => self.mysql_url_from_parts(host)?,
+            (None, None) => DEFAULT_DATABASE_URL.to_owned(),
+        };
+        parse_database_url(&url)
+    }
+
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            u32::try_from(cores * 4).unwrap_or(u32::MAX).max(8)
+        })
+    }
+
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_timeout_ms)
+    }
+
+    fn mysql_url_from_parts(&self, host: &str) -> anyhow::Result<String> {
+        let user = self.mysql_user.as_deref().context("MYSQL_HOST is set but MYSQL_USER is not")?;
+        let db = self.mysql_db.as_deref().context("MYSQL_HOST is set but MYSQL_DB is not")?;
+        let password = secret(self.mysql_password.as_deref(), self.mysql_password_file.as_deref())?;
+        let mut url = url::Url::parse(&format!("mysql://{host}"))
+            .with_context(|| format!("MYSQL_HOST {host:?} is not a valid host name"))?;
+        let invalid = |_| anyhow::anyhow!("MYSQL_HOST {host:?} is not a valid host name");
+        url.set_username(user).map_err(invalid)?;
+        url.set_password(password.as_deref()).map_err(invalid)?;
+        url.set_port(Some(self.mysql_port)).map_err(invalid)?;
+        url.set_path(db);
+        Ok(url.into())
+    }
+}
+
+impl Settings {
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        secret(self.admin_token.as_deref(), self.admin_token_file.as_deref())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+fn parse_database_url(url: &str) -> anyhow::Result<DatabaseTarget> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            bail!("DATABASE_URL {url:?} names no file: use sqlite://PATH");
+        }
+        return Ok(DatabaseTarget::Sqlite { path: PathBuf::from(path) });
+    }
+    if url.starts_with("mysql://") {
+        return Ok(DatabaseTarget::Mysql { url: url.to_owned() });
+    }
+    bail!("DATABASE_URL must start with mysql:// or sqlite://")
+}
+
+/// A secret given directly or as a file (trailing newline removed); an empty value is unset.
+fn secret(value: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let value = match (value, file) {
+        (Some(value), _) => value.to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read secret file {}", path.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(value).filter(|v| !v.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec!["messages-api"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("valid arguments").settings
+    }
+
+    #[test]
+    fn sqlite_url_names_a_path() {
+        let s = settings(&["--database-url", "sqlite:///var/lib/m.db"]);
+        assert_eq!(
+            s.database.target().unwrap(),
+            DatabaseTarget::Sqlite { path: "/var/lib/m.db".into() }
+        );
+    }
+
+    #[test]
+    fn mysql_url_is_built_from_the_flask_variables_with_escaping() {
+        let s = settings(&[
+            "--mysql-host",
+            "db",
+            "--mysql-user",
+            "app",
+            "--mysql-password",
+            "p@ss/word",
+            "--mysql-db",
+            "myDb",
+        ]);
+        assert_eq!(
+            s.database.target().unwrap(),
+            DatabaseTarget::Mysql { url: "mysql://app:p%40ss%2Fword@db:3306/myDb".into() }
+        );
+    }
+
+    #[test]
+    fn secret_file_is_read_without_its_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let s = settings(&["--admin-token-file", path.to_str().unwrap()]);
+        assert_eq!(s.admin_token().unwrap().as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn unknown_database_scheme_is_rejected() {
+        let s = settings(&["--database-url", "postgres://x"]);
+        assert!(s.database.target().is_err());
+    }
+}

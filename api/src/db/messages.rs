@@ -1,0 +1,233 @@
+//! Queries on messages and on the idempotency keys of their creation.
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::BigInt;
+
+use super::schema::{idempotency_keys, messages};
+use super::{DbConnection, DbError};
+
+/// How long an Idempotency-Key is remembered.
+pub const IDEMPOTENCY_TTL: TimeDelta = TimeDelta::hours(24);
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub id: i64,
+    pub message: String,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// One page, newest first; `has_more` tells whether older rows exist.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<MessageRow>,
+    pub has_more: bool,
+}
+
+pub struct NewMessage<'a> {
+    pub text: &'a str,
+    pub edit_token_hash: &'a [u8],
+    pub now: NaiveDateTime,
+}
+
+/// What a create with an Idempotency-Key stores, all derived from the key.
+pub struct IdempotencyRecord {
+    pub key_hash: Vec<u8>,
+    pub request_hash: Vec<u8>,
+    pub token_cipher: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum Created {
+    New(MessageRow),
+    /// The key was used before with the same request: the original creation.
+    Replayed {
+        message_id: i64,
+        created_at: NaiveDateTime,
+        token_cipher: Vec<u8>,
+    },
+    /// The key was used before with a different request.
+    KeyReused,
+}
+
+#[derive(Queryable)]
+struct KeyRow {
+    request_hash: Vec<u8>,
+    message_id: i64,
+    token_cipher: Vec<u8>,
+    created_at: NaiveDateTime,
+}
+
+/// Keyset pagination on the primary key: the cost is one index range scan whatever the
+/// table size or page depth.
+pub fn list(conn: &mut DbConnection, before: Option<i64>, limit: u32) -> Result<Page, DbError> {
+    let mut query = messages::table
+        .select(MessageRow::as_select())
+        .order(messages::id.desc())
+        .limit(i64::from(limit) + 1)
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(messages::id.lt(before));
+    }
+    let mut rows = query.load(conn)?;
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok(Page { rows, has_more })
+}
+
+pub fn get(conn: &mut DbConnection, id: i64) -> Result<Option<MessageRow>, DbError> {
+    Ok(messages::table.find(id).select(MessageRow::as_select()).first(conn).optional()?)
+}
+
+/// The hash of the message's edit token: `None` when the message does not exist,
+/// `Some(None)` for legacy rows, which have no token.
+pub fn edit_token_hash(
+    conn: &mut DbConnection,
+    id: i64,
+) -> Result<Option<Option<Vec<u8>>>, DbError> {
+    Ok(messages::table.find(id).select(messages::edit_token_hash).first(conn).optional()?)
+}
+
+/// Stores a message, or with an idempotency key that was used before, reports that use.
+/// Each transaction starts with its write, so that SQLite's writers queue on the lock
+/// instead of failing to upgrade a read lock.
+pub fn create(
+    conn: &mut DbConnection,
+    new: &NewMessage<'_>,
+    idempotency: Option<&IdempotencyRecord>,
+) -> Result<Created, DbError> {
+    // A remembered key can expire and vanish between the failed insert and the lookup.
+    const ATTEMPTS: usize = 3;
+    for _ in 0..ATTEMPTS {
+        match insert(conn, new, idempotency) {
+            Ok(row) => return Ok(Created::New(row)),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                let record = idempotency.expect("only idempotency keys are unique");
+                if let Some(previous) = earlier_use(conn, record, new.now)? {
+                    return Ok(previous);
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(DbError::Other(anyhow::anyhow!("idempotency key kept changing during the create")))
+}
+
+fn insert(
+    conn: &mut DbConnection,
+    new: &NewMessage<'_>,
+    idempotency: Option<&IdempotencyRecord>,
+) -> QueryResult<MessageRow> {
+    conn.transaction(|conn| {
+        diesel::insert_into(messages::table)
+            .values((
+                messages::message.eq(new.text),
+                messages::created_at.eq(new.now),
+                messages::updated_at.eq(new.now),
+                messages::edit_token_hash.eq(new.edit_token_hash),
+            ))
+            .execute(conn)?;
+        let id = last_insert_id(conn)?;
+        if let Some(record) = idempotency {
+            diesel::insert_into(idempotency_keys::table)
+                .values((
+                    idempotency_keys::key_hash.eq(&record.key_hash),
+                    idempotency_keys::request_hash.eq(&record.request_hash),
+                    idempotency_keys::message_id.eq(id),
+                    idempotency_keys::token_cipher.eq(&record.token_cipher),
+                    idempotency_keys::created_at.eq(new.now),
+                ))
+                .execute(conn)?;
+        }
+        Ok(MessageRow {
+            id,
+            message: new.text.to_owned(),
+            created_at: new.now,
+            updated_at: new.now,
+        })
+    })
+}
+
+/// The outcome of an earlier request with the same key, if it is still remembered.
+fn earlier_use(
+    conn: &mut DbConnection,
+    record: &IdempotencyRecord,
+    now: NaiveDateTime,
+) -> QueryResult<Option<Created>> {
+    let key = idempotency_keys::table.find(&record.key_hash);
+    let Some(row) = key
+        .select((
+            idempotency_keys::request_hash,
+            idempotency_keys::message_id,
+            idempotency_keys::token_cipher,
+            idempotency_keys::created_at,
+        ))
+        .first::<KeyRow>(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    if row.created_at + IDEMPOTENCY_TTL <= now {
+        diesel::delete(key).execute(conn)?;
+        return Ok(None);
+    }
+    Ok(Some(if row.request_hash == record.request_hash {
+        Created::Replayed {
+            message_id: row.message_id,
+            created_at: row.created_at,
+            token_cipher: row.token_cipher,
+        }
+    } else {
+        Created::KeyReused
+    }))
+}
+
+fn last_insert_id(conn: &mut DbConnection) -> QueryResult<i64> {
+    // MySQL has no RETURNING; both backends report the id of the connection's last insert.
+    match conn {
+        DbConnection::Mysql(conn) => {
+            diesel::select(sql::<BigInt>("CAST(LAST_INSERT_ID() AS SIGNED)")).get_result(conn)
+        }
+        DbConnection::Sqlite(conn) => {
+            diesel::select(sql::<BigInt>("last_insert_rowid()")).get_result(conn)
+        }
+    }
+}
+
+/// Replaces the text; `None` when the message does not exist (any more).
+pub fn update(
+    conn: &mut DbConnection,
+    id: i64,
+    text: &str,
+    now: NaiveDateTime,
+) -> Result<Option<MessageRow>, DbError> {
+    Ok(conn.transaction(|conn| {
+        let changed = diesel::update(messages::table.find(id))
+            .set((messages::message.eq(text), messages::updated_at.eq(now)))
+            .execute(conn)?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        messages::table.find(id).select(MessageRow::as_select()).first(conn).optional()
+    })?)
+}
+
+/// Deletes the message; false when it did not exist.
+pub fn delete(conn: &mut DbConnection, id: i64) -> Result<bool, DbError> {
+    Ok(diesel::delete(messages::table.find(id)).execute(conn)? > 0)
+}
+
+/// Forgets idempotency keys older than the TTL; returns how many.
+pub fn purge_idempotency_keys(
+    conn: &mut DbConnection,
+    now: NaiveDateTime,
+) -> Result<usize, DbError> {
+    Ok(diesel::delete(
+        idempotency_keys::table.filter(idempotency_keys::created_at.le(now - IDEMPOTENCY_TTL)),
+    )
+    .execute(conn)?)
+}

@@ -1,0 +1,180 @@
+//! The one API error type. Every failure leaves the service as an RFC 9457 problem document
+//! (`application/problem+json`); 5xx details never carry internals, whose cause chain goes
+//! to the log together with the request id.
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::DbError;
+use crate::telemetry::current_request_id;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/validation-error",
+    "title": "Unprocessable Content",
+    "status": 422,
+    "detail": "The message is invalid.",
+    "request_id": "4f1c2a9e-6a43-4b59-a3c4-2a1f0b8c9d10",
+    "errors": {"message": "must not be empty"}
+}))]
+pub struct Problem {
+    /// A URI reference naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP reason phrase of `status`.
+    pub title: String,
+    pub status: u16,
+    /// What went wrong, for people.
+    pub detail: String,
+    /// The request's `x-request-id`, also found in the logs.
+    pub request_id: String,
+    /// Field name → what is wrong with it (validation failures only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{detail}")]
+    Validation { detail: String, errors: BTreeMap<String, String> },
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A validation failure of one field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::Validation {
+            detail: format!("{field} {message}"),
+            errors: BTreeMap::from([(field.to_owned(), message)]),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation { .. } | Self::IdempotencyKeyReused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Validation { .. } => "/problems/validation-error",
+            Self::IdempotencyKeyReused(_) => "/problems/idempotency-key-reused",
+            _ => problem_type(self.status()),
+        }
+    }
+}
+
+/// The problem type URI of a plain HTTP status.
+pub fn problem_type(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "/problems/bad-request",
+        StatusCode::UNAUTHORIZED => "/problems/unauthorized",
+        StatusCode::FORBIDDEN => "/problems/forbidden",
+        StatusCode::NOT_FOUND => "/problems/not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "/problems/method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "/problems/payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "/problems/unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "/problems/validation-error",
+        StatusCode::SERVICE_UNAVAILABLE => "/problems/service-unavailable",
+        s if s.is_server_error() => "/problems/internal-error",
+        _ => "about:blank",
+    }
+}
+
+/// Renders a problem document for `status` with the current request's id.
+pub fn problem_response(
+    status: StatusCode,
+    kind: &str,
+    detail: String,
+    errors: Option<BTreeMap<String, String>>,
+) -> Response {
+    let problem = Problem {
+        kind: kind.to_owned(),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        request_id: current_request_id(),
+        errors,
+    };
+    let mut response = (status, axum::Json(problem)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="messages""#),
+        );
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let kind = self.kind();
+        match self {
+            Self::Validation { detail, errors } => {
+                problem_response(status, kind, detail, Some(errors))
+            }
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                problem_response(status, kind, "An unexpected error occurred.".into(), None)
+            }
+            Self::Unavailable(detail) => {
+                tracing::warn!(detail, "service unavailable");
+                problem_response(status, kind, detail, None)
+            }
+            other => problem_response(status, kind, other.to_string(), None),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Unavailable(detail) => Self::Unavailable(detail),
+            DbError::Other(error) => Self::Internal(error),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The app tier of the two-tier message board.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::services::ServeDir;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::routes::{AppState, Limits, compat, health, messages, meta};
+use crate::telemetry::REQUEST_ID_HEADER;
+
+/// How often expired idempotency keys are purged.
+const IDEMPOTENCY_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Every documented route, with the document its annotations build.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(messages::list_messages, messages::create_message))
+        .routes(routes!(messages::get_message, messages::update_message, messages::delete_message))
+        .routes(routes!(compat::submit))
+        .routes(routes!(health::health))
+        .routes(routes!(health::live))
+        .routes(routes!(meta::limits))
+}
+
+/// The OpenAPI document, as served at /api/openapi.json.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+/// Builds the router: the one place routes and layers are wired.
+pub fn build_router(state: AppState, settings: &Settings) -> Router {
+    let (api, document) = api_routes().split_for_parts();
+    let mut router = api
+        .route("/metrics", get(meta::metrics))
+        .route_layer(middleware::from_fn(telemetry::track_metrics))
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", document))
+        .with_state(state);
+    router = match &settings.web_dir {
+        Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(get(not_found))),
+        None => router.fallback(not_found),
+    };
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request| {
+                        let id = request.headers().get(REQUEST_ID_HEADER);
+                        tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            request_id = id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                        )
+                    })
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+            .layer(middleware::from_fn(telemetry::request_context))
+            .layer(CatchPanicLayer::new())
+            .layer(CompressionLayer::new())
+            .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                settings.request_timeout(),
+            ))
+            .layer(DefaultBodyLimit::max(settings.max_body_bytes)),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("There is nothing at this address.".into())
+}
+
+/// A server bound to its address, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    db: Db,
+    run_migrations: bool,
+    grace: Duration,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port) and builds the app. Does not need the
+    /// database: that is awaited in the background by `run_until`.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        telemetry::metrics_handle();
+        let db = Db::new(&settings.database)?;
+        let admin_token_hash = settings.admin_token()?.map(|t| Arc::new(domain::hash_token(&t)));
+        let state = AppState {
+            db: db.clone(),
+            limits: Limits {
+                max_message_chars: settings.max_message_chars,
+                max_body_bytes: settings.max_body_bytes,
+            },
+            admin_token_hash,
+        };
+        let router = build_router(state, settings);
+        let address = SocketAddr::new(settings.host, settings.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        Ok(Self {
+            listener,
+            router,
+            db,
+            run_migrations: settings.database.run_migrations,
+            grace: settings.shutdown_grace(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
+    /// finish within the grace period.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let db = self.db.clone();
+        let run_migrations = self.run_migrations;
+        let background = tokio::spawn(async move {
+            db.become_ready(run_migrations).await;
+            purge_idempotency_keys(db).await;
+        });
+        tracing::info!(address = %self.local_addr(), backend = ?self.db.backend(), "listening");
+
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stopping_tx.send(());
+        });
+        let grace = self.grace;
+        let deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            result = server => result.context("server failed"),
+            () = deadline => {
+                tracing::warn!(?grace, "grace period over: exiting with requests still in flight");
+                Ok(())
+            }
+        };
+        background.abort();
+        result
+    }
+}
+
+async fn purge_idempotency_keys(db: Db) {
+    let mut interval = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
+    loop {
+        interval.tick().await;
+        match db.run(|conn| db::messages::purge_idempotency_keys(conn, domain::now())).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "forgot expired idempotency keys"),
+            Err(error) => tracing::warn!(%error, "could not purge idempotency keys"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("can listen for SIGTERM");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,112 @@
+//! Logging, metrics and the request id that ties a response to its log lines.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+use crate::error::{PROBLEM_JSON, problem_response, problem_type};
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served, or "-" outside of one.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_owned())
+}
+
+pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter)?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
+}
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process-wide Prometheus recorder (one per process, shared by every app instance).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("buckets are not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// Runs the request with its id in scope and turns every error response that is not JSON
+/// yet (axum's 405, tower-http's 413 and timeout, a caught panic) into a problem document.
+pub async fn request_context(request: Request, next: Next) -> Response {
+    let id = request_id(request.headers());
+    REQUEST_ID
+        .scope(id, async move {
+            let response = next.run(request).await;
+            let status = response.status();
+            if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
+                let detail = match status {
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        "The request did not complete within the server's time limit.".to_owned()
+                    }
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        "The request body is larger than the server accepts.".to_owned()
+                    }
+                    StatusCode::METHOD_NOT_ALLOWED => {
+                        "This method is not allowed on this resource.".to_owned()
+                    }
+                    StatusCode::INTERNAL_SERVER_ERROR => "An unexpected error occurred.".to_owned(),
+                    other => other.canonical_reason().unwrap_or("Error").to_owned(),
+                };
+                let mut problem = problem_response(status, problem_type(status), detail, None);
+                if let Some(allow) = response.headers().get(header::ALLOW) {
+                    problem.headers_mut().insert(header::ALLOW, allow.clone());
+                }
+                return problem;
+            }
+            response
+        })
+        .await
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with(PROBLEM_JSON))
+}
+
+/// Counts requests by route and status and records their latency.
+pub async fn track_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let labels =
+        [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real server over real HTTP, on a fresh SQLite file and on a fresh
+//! database of a real MariaDB/MySQL server per test.
+
+mod messages;
+mod service;
+mod support;

@@ -1,0 +1,303 @@
+//! Starts the real server on a free port against a real database: a fresh SQLite file, or a
+//! fresh database on the MariaDB/MySQL server named by TEST_MYSQL_URL.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use diesel::{Connection, MysqlConnection, RunQueryDsl};
+use messages_api::Application;
+use messages_api::config::Cli;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinHandle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Mysql,
+}
+
+/// Generates one test per backend from an `async fn(Backend)`.
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Mysql).await
+                }
+            )+
+        }
+    };
+}
+pub(crate) use both_backends;
+
+/// The MariaDB/MySQL server the tests use (`make test` starts a throwaway one).
+pub fn mysql_server_url() -> String {
+    std::env::var("TEST_MYSQL_URL").expect(
+        "TEST_MYSQL_URL is not set: run the tests with `make test`, which starts a throwaway \
+         MariaDB, or set it to a server URL such as mysql://user:pass@127.0.0.1:3306",
+    )
+}
+
+/// A database of its own for one test, dropped afterwards.
+pub enum TestDatabase {
+    Sqlite { _dir: TempDir, url: String },
+    Mysql { server: String, name: String },
+}
+
+impl TestDatabase {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("messages.db").display());
+                Self::Sqlite { _dir: dir, url }
+            }
+            Backend::Mysql => {
+                let server = mysql_server_url();
+                let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn =
+                    MysqlConnection::establish(&server).expect("connect to TEST_MYSQL_URL");
+                diesel::sql_query(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+                    .execute(&mut conn)
+                    .expect("create test database");
+                Self::Mysql { server, name }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite { url, .. } => url.clone(),
+            Self::Mysql { server, name } => format!("{server}/{name}"),
+        }
+    }
+
+    /// The URL with its host and port replaced, to route it through a proxy.
+    pub fn url_via(&self, address: SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url()).expect("valid url");
+        url.set_ip_host(address.ip()).expect("ip host");
+        url.set_port(Some(address.port())).expect("port");
+        url.into()
+    }
+
+    /// A direct connection to the test database (MySQL only).
+    pub fn mysql(&self) -> MysqlConnection {
+        MysqlConnection::establish(&self.url()).expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Self::Mysql { server, name } = self
+            && let Ok(mut conn) = MysqlConnection::establish(server)
+        {
+            let _ =
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut conn);
+        }
+    }
+}
+
+/// The server, running in this process until dropped or stopped.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts the app on a fresh database and waits until it is healthy.
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    pub async fn spawn_with(backend: Backend, args: &[&str]) -> Self {
+        let db = TestDatabase::new(backend);
+        let url = db.url();
+        let app = Self::start(db, &url, args).await;
+        app.wait_healthy(Duration::from_secs(30)).await;
+        app
+    }
+
+    /// Starts the app on `db` reached at `url`, without waiting for health.
+    pub async fn start(db: TestDatabase, url: &str, args: &[&str]) -> Self {
+        let mut argv =
+            vec!["messages-api", "--port", "0", "--database-url", url, "--log-level", "warn"];
+        argv.extend_from_slice(args);
+        let settings = Cli::try_parse_from(argv).expect("valid test settings").settings;
+        let app = Application::build(&settings).await.expect("app builds");
+        let address = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            base: format!("http://{address}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            db,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = self.client.get(self.url("/health")).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the app did not become healthy within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Posts a message and returns the created body.
+    pub async fn create(&self, text: &str) -> Value {
+        let response = self.post_json("/api/messages", &json!({ "message": text })).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "create {text:?}");
+        response.json().await.expect("json body")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request sent")
+    }
+
+    /// A function that starts the graceful shutdown.
+    pub fn stop_handle(&mut self) -> impl FnOnce() + use<> {
+        let stop = self.stop.take().expect("not stopped yet");
+        move || {
+            let _ = stop.send(());
+        }
+    }
+
+    pub fn take_server(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        self.server.take().expect("running")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// Asserts an RFC 9457 problem document with `status`, and returns it.
+pub async fn assert_problem(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status, "status of {}", response.url());
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert!(body["type"].is_string() && body["title"].is_string(), "{body}");
+    assert!(!body["detail"].as_str().unwrap_or_default().is_empty(), "{body}");
+    assert_eq!(body["request_id"], request_id.as_str(), "{body}");
+    body
+}
+
+/// A TCP forwarder in front of the real database that can cut every connection, to take
+/// the database "down" for one test without stopping the shared server.
+pub struct Outage {
+    pub address: SocketAddr,
+    up: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Outage {
+    pub async fn in_front_of(target: &str) -> Self {
+        let url = url::Url::parse(target).expect("valid url");
+        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(3306));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let accept = tokio::spawn({
+            let (up, links) = (up.clone(), links.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection closed
+                    }
+                    let target = target.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link.abort_handle());
+                }
+            }
+        })
+        .abort_handle();
+        Self { address, up, links, accept }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Retries `check` until it returns true, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,49 @@
+# shellcheck shell=bash
+# Helpers shared by the project's scripts. Source it; do not run it.
+
+# Prints a step heading.
+step() {
+    printf '\n\033[1m==> %s\033[0m\n' "$*"
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Installs the Debian/Ubuntu packages that are missing, as root or through sudo; otherwise
+# says exactly what to install.
+ensure_packages() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+            sudo=(sudo)
+        else
+            echo "Missing packages: ${missing[*]}" >&2
+            echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
+            return 1
+        fi
+    fi
+    step "Installing ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Waits until a command succeeds, up to $1 seconds.
+wait_for() {
+    local seconds=$1
+    shift
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "timed out after ${seconds}s waiting for: $*" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
