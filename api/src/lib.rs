@@ -4,6 +4,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod openapi;
 pub mod routes;
 pub mod telemetry;
@@ -37,17 +38,21 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::routes::{AppState, Limits, compat, health, messages, meta};
+use crate::events::EventHub;
+use crate::routes::{AppState, Limits, compat, health, messages, meta, stream};
 use crate::telemetry::REQUEST_ID_HEADER;
 
-/// How often expired idempotency keys are purged.
-const IDEMPOTENCY_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often expired idempotency keys and change events are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long change events are kept for streams that resume.
+const EVENT_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// Every documented route, with the document its annotations build.
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(messages::list_messages, messages::create_message))
         .routes(routes!(messages::get_message, messages::update_message, messages::delete_message))
+        .routes(routes!(stream::stream_messages))
         .routes(routes!(compat::submit))
         .routes(routes!(health::health))
         .routes(routes!(health::live))
@@ -109,6 +114,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     db: Db,
+    events: EventHub,
+    stopping: tokio::sync::watch::Sender<bool>,
     run_migrations: bool,
     grace: Duration,
 }
@@ -120,6 +127,8 @@ impl Application {
         telemetry::metrics_handle();
         let db = Db::new(&settings.database)?;
         let admin_token_hash = settings.admin_token()?.map(|t| Arc::new(domain::hash_token(&t)));
+        let events = EventHub::default();
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let state = AppState {
             db: db.clone(),
             limits: Limits {
@@ -127,6 +136,8 @@ impl Application {
                 max_body_bytes: settings.max_body_bytes,
             },
             admin_token_hash,
+            events: events.clone(),
+            stopping: stopping_rx,
         };
         let router = build_router(state, settings);
         let address = SocketAddr::new(settings.host, settings.port);
@@ -137,6 +148,8 @@ impl Application {
             listener,
             router,
             db,
+            events,
+            stopping,
             run_migrations: settings.database.run_migrations,
             grace: settings.shutdown_grace(),
         })
@@ -154,25 +167,24 @@ impl Application {
     ) -> anyhow::Result<()> {
         let db = self.db.clone();
         let run_migrations = self.run_migrations;
+        let events = self.events.clone();
         let background = tokio::spawn(async move {
             db.become_ready(run_migrations).await;
-            purge_idempotency_keys(db).await;
+            tokio::join!(events.watch(db.clone()), purge_expired(db));
         });
         tracing::info!(address = %self.local_addr(), backend = ?self.db.backend(), "listening");
 
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let stopping = self.stopping;
+        let mut stopped = stopping.subscribe();
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stopping_tx.send(());
+            stopping.send_replace(true);
         });
         let grace = self.grace;
         let deadline = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+            let _ = stopped.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(grace).await;
         };
         let result = tokio::select! {
             result = server => result.context("server failed"),
@@ -186,14 +198,23 @@ impl Application {
     }
 }
 
-async fn purge_idempotency_keys(db: Db) {
-    let mut interval = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
+/// Forgets idempotency keys and change events once they are older than they are needed.
+async fn purge_expired(db: Db) {
+    let mut interval = tokio::time::interval(PURGE_INTERVAL);
     loop {
         interval.tick().await;
-        match db.run(|conn| db::messages::purge_idempotency_keys(conn, domain::now())).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "forgot expired idempotency keys"),
-            Err(error) => tracing::warn!(%error, "could not purge idempotency keys"),
+        let purged = db
+            .run(|conn| {
+                let now = domain::now();
+                let keys = db::messages::purge_idempotency_keys(conn, now)?;
+                let events = db::events::purge(conn, now - EVENT_RETENTION)?;
+                Ok((keys, events))
+            })
+            .await;
+        match purged {
+            Ok((0, 0)) => {}
+            Ok((keys, events)) => tracing::info!(keys, events, "purged expired rows"),
+            Err(error) => tracing::warn!(%error, "could not purge expired rows"),
         }
     }
 }

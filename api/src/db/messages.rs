@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::BigInt;
 
+use super::events::{self, EventKind};
 use super::schema::{idempotency_keys, messages};
 use super::{DbConnection, DbError};
 
@@ -132,6 +133,7 @@ fn insert(
             ))
             .execute(conn)?;
         let id = last_insert_id(conn)?;
+        events::record(conn, EventKind::Created, id, new.now)?;
         if let Some(record) = idempotency {
             diesel::insert_into(idempotency_keys::table)
                 .values((
@@ -212,13 +214,20 @@ pub fn update(
         if changed == 0 {
             return Ok(None);
         }
+        events::record(conn, EventKind::Updated, id, now)?;
         messages::table.find(id).select(MessageRow::as_select()).first(conn).optional()
     })?)
 }
 
 /// Deletes the message; false when it did not exist.
-pub fn delete(conn: &mut DbConnection, id: i64) -> Result<bool, DbError> {
-    Ok(diesel::delete(messages::table.find(id)).execute(conn)? > 0)
+pub fn delete(conn: &mut DbConnection, id: i64, now: NaiveDateTime) -> Result<bool, DbError> {
+    Ok(conn.transaction(|conn| {
+        let deleted = diesel::delete(messages::table.find(id)).execute(conn)? > 0;
+        if deleted {
+            events::record(conn, EventKind::Deleted, id, now)?;
+        }
+        Ok::<_, DieselError>(deleted)
+    })?)
 }
 
 /// Forgets idempotency keys older than the TTL; returns how many.

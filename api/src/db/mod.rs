@@ -1,6 +1,7 @@
 //! The database tier: one pool over MySQL or SQLite, the blocking helper every query goes
 //! through, readiness, and the embedded migrations. SQL lives only under this module.
 
+pub mod events;
 pub mod messages;
 pub mod schema;
 

@@ -19,3 +19,14 @@ diesel::table! {
         created_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    message_events (seq) {
+        seq -> BigInt,
+        kind -> Text,
+        message_id -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(messages, message_events);

@@ -218,6 +218,7 @@ pub async fn create(
         .await?;
     match outcome {
         Created::New(row) => {
+            state.events.wake();
             Ok((row.into(), IssuedToken { value: token.encode(), replayed: false }))
         }
         Created::Replayed { message_id, created_at, token_cipher } => {
@@ -292,6 +293,7 @@ pub async fn update_message(
     authorize(&state, id, &headers).await?;
     let text = parse_input(body, state.limits.max_message_chars)?;
     let row = state.db.run(move |conn| queries::update(conn, id, text.as_str(), now())).await?;
+    state.events.wake();
     row.map(|row| Json(row.into())).ok_or_else(|| not_found(id))
 }
 
@@ -319,7 +321,8 @@ pub async fn delete_message(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     authorize(&state, id, &headers).await?;
-    if state.db.run(move |conn| queries::delete(conn, id)).await? {
+    if state.db.run(move |conn| queries::delete(conn, id, now())).await? {
+        state.events.wake();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(id))

@@ -4,6 +4,7 @@ pub mod compat;
 pub mod health;
 pub mod messages;
 pub mod meta;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use utoipa::ToSchema;
 
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::events::EventHub;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -23,6 +25,10 @@ pub struct AppState {
     pub limits: Limits,
     /// SHA-256 of the admin token, when one is configured.
     pub admin_token_hash: Option<Arc<Vec<u8>>>,
+    /// Live change events for the stream.
+    pub events: EventHub,
+    /// Turns true when the server starts shutting down.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The limits clients must respect, as configured.

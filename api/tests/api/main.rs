@@ -3,4 +3,5 @@
 
 mod messages;
 mod service;
+mod stream;
 mod support;

@@ -57,8 +57,18 @@ pub fn mysql_server_url() -> String {
 
 /// A database of its own for one test, dropped afterwards.
 pub enum TestDatabase {
-    Sqlite { _dir: TempDir, url: String },
-    Mysql { server: String, name: String },
+    Sqlite {
+        _dir: TempDir,
+        url: String,
+    },
+    Mysql {
+        server: String,
+        name: String,
+    },
+    /// Another test app's database, owned (and dropped) by that app.
+    SharedWith {
+        url: String,
+    },
 }
 
 impl TestDatabase {
@@ -84,7 +94,7 @@ impl TestDatabase {
 
     pub fn url(&self) -> String {
         match self {
-            Self::Sqlite { url, .. } => url.clone(),
+            Self::Sqlite { url, .. } | Self::SharedWith { url } => url.clone(),
             Self::Mysql { server, name } => format!("{server}/{name}"),
         }
     }
@@ -136,6 +146,14 @@ impl TestApp {
         let app = Self::start(db, &url, args).await;
         app.wait_healthy(Duration::from_secs(30)).await;
         app
+    }
+
+    /// A second replica on this app's database.
+    pub async fn replica(&self) -> Self {
+        let url = self.db.url();
+        let replica = Self::start(TestDatabase::SharedWith { url: url.clone() }, &url, &[]).await;
+        replica.wait_healthy(Duration::from_secs(30)).await;
+        replica
     }
 
     /// Starts the app on `db` reached at `url`, without waiting for health.
@@ -299,5 +317,112 @@ where
     while !check().await {
         assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+/// Reads a text/event-stream response event by event.
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    pub comments: usize,
+}
+
+impl SseReader {
+    pub async fn open(app: &TestApp, last_event_id: Option<&str>) -> Self {
+        let mut request = app.client.get(app.url("/api/messages/stream"));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response =
+            request.timeout(Duration::from_secs(3600)).send().await.expect("stream opens");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream")
+        );
+        Self { body: Box::pin(response.bytes_stream()), buffer: String::new(), comments: 0 }
+    }
+
+    /// Waits for a comment line (the heartbeat); true if one came within the time.
+    pub async fn heartbeat(&mut self, within: Duration) -> bool {
+        use futures_util::StreamExt;
+        let before = self.comments;
+        let deadline = Instant::now() + within;
+        while self.comments == before {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.body.next()).await {
+                Ok(Some(chunk)) => {
+                    self.buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+                    while let Some(end) = self.buffer.find("\n\n") {
+                        let block: String = self.buffer.drain(..end + 2).collect();
+                        assert!(
+                            self.parse(&block).is_none(),
+                            "only heartbeats while idle: {block:?}"
+                        );
+                    }
+                }
+                Ok(None) | Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// The next event, or `None` when the stream ends.
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        use futures_util::StreamExt;
+        let deadline = Instant::now() + within;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(event) = self.parse(&block) {
+                    return Some(event);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.body.next()).await {
+                Ok(Some(chunk)) => {
+                    self.buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")))
+                }
+                Ok(None) => return None,
+                Err(_) => panic!("no event within {within:?}"),
+            }
+        }
+    }
+
+    fn parse(&mut self, block: &str) -> Option<SseEvent> {
+        let mut event = SseEvent { event: "message".into(), id: None, data: String::new() };
+        let mut fields = 0;
+        for line in block.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            fields += 1;
+            match name {
+                "event" => event.event = value.to_owned(),
+                "id" => event.id = Some(value.to_owned()),
+                "data" => event.data.push_str(value),
+                _ => {}
+            }
+        }
+        (fields > 0).then_some(event)
     }
 }
