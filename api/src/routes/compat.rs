@@ -12,7 +12,8 @@ use crate::error::{ApiError, Problem};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SubmitForm {
-    /// The text to post.
+    /// The text to post (trimmed; 1 to MAX_MESSAGE_CHARS characters).
+    #[schema(min_length = 1, example = "Hello from a form")]
     pub new_message: String,
 }
 

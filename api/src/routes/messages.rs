@@ -70,7 +70,7 @@ pub struct MessagePage {
 pub struct MessageInput {
     /// The text: trimmed, then 1 to MAX_MESSAGE_CHARS (default 1000) characters; see
     /// `GET /api/limits`.
-    #[schema(example = "Hello from the two-tier app!")]
+    #[schema(min_length = 1, example = "Hello from the two-tier app!")]
     pub message: String,
 }
 

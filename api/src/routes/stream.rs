@@ -10,6 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
+use utoipa::ToSchema;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
@@ -24,6 +25,22 @@ const REPLAY_LIMIT: i64 = 1000;
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
+/// One Server-Sent Event of the stream, as its fields.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the wire format; events are written by axum's `Event`.
+pub struct StreamEvent {
+    /// `created`, `updated`, `deleted`, `ready` or `reset`.
+    #[schema(example = "created")]
+    event: String,
+    /// The change's sequence number: send it back as `Last-Event-ID` to resume.
+    #[schema(example = "42")]
+    id: Option<String>,
+    /// JSON: the Message for `created`/`updated`, `{"id": N}` for `deleted`, `{"seq": N}` for
+    /// `ready`/`reset`.
+    #[schema(example = r#"{"id":7,"message":"hi","created_at":"2026-01-01T00:00:00.000000Z","updated_at":"2026-01-01T00:00:00.000000Z"}"#)]
+    data: String,
+}
+
 /// Streams changes to messages as Server-Sent Events.
 ///
 /// Events: `created` and `updated` carry the Message, `deleted` carries `{"id": N}`; each has
@@ -37,7 +54,7 @@ const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering
     tag = "messages",
     params(("Last-Event-ID" = Option<i64>, Header, description = "The id of the last event received", minimum = 0)),
     responses(
-        (status = 200, description = "An endless stream of events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An endless stream of events", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "Malformed Last-Event-ID", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
