@@ -47,3 +47,23 @@ wait_for() {
         sleep 0.2
     done
 }
+
+# Installs a pinned PyPI tool into a virtualenv of the project's (target/tools/venv, outside
+# git) and prints the path of its bin folder. Usage: bin=$(pip_tool schemathesis==4.32.5)
+pip_tool() {
+    local root venv
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    venv="$root/target/tools/venv"
+    if [ ! -x "$venv/bin/pip" ]; then
+        python3 -m venv "$venv" >&2 2>/dev/null || {
+            ensure_packages python3-venv >&2
+            python3 -m venv "$venv" >&2
+        }
+    fi
+    if ! "$venv/bin/pip" show --quiet "${1%%==*}" 2>/dev/null ||
+        [ "$("$venv/bin/pip" show "${1%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" != "${1##*==}" ]; then
+        echo "Installing $1 into $venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "$1" >&2
+    fi
+    echo "$venv/bin"
+}

@@ -63,6 +63,9 @@ fn is_connection_lost(error: &DieselError) -> bool {
             _,
         )
         | DieselError::BrokenTransactionManager => true,
+        DieselError::RollbackErrorOnCommit { rollback_error, commit_error } => {
+            is_connection_lost(rollback_error) || is_connection_lost(commit_error)
+        }
         DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
             let message = info.message();
             [

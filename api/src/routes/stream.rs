@@ -10,8 +10,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
-use utoipa::ToSchema;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::db::events;
@@ -37,7 +37,9 @@ pub struct StreamEvent {
     id: Option<String>,
     /// JSON: the Message for `created`/`updated`, `{"id": N}` for `deleted`, `{"seq": N}` for
     /// `ready`/`reset`.
-    #[schema(example = r#"{"id":7,"message":"hi","created_at":"2026-01-01T00:00:00.000000Z","updated_at":"2026-01-01T00:00:00.000000Z"}"#)]
+    #[schema(
+        example = r#"{"id":7,"message":"hi","created_at":"2026-01-01T00:00:00.000000Z","updated_at":"2026-01-01T00:00:00.000000Z"}"#
+    )]
     data: String,
 }
 
