@@ -1,0 +1,99 @@
+# shellcheck shell=bash
+# Deploy driver "compose": the EC2 host, running docker-compose.yml + docker-compose.prod.yml
+# from this checkout with its .env and secrets/. The colors are the services api-blue and
+# api-green, `api` is the migration job and `web` is nginx.
+
+compose() {
+    docker compose --project-directory "$DEPLOY_ROOT" \
+        -f "$DEPLOY_ROOT/docker-compose.yml" -f "$DEPLOY_ROOT/docker-compose.prod.yml" "$@"
+}
+
+# The running container of a service, if any.
+compose_container() {
+    compose ps -q "$1" 2>/dev/null
+}
+
+driver_prepare() {
+    echo "pulling $1"
+    IMAGE_TAG="$1" compose pull --quiet api web
+    compose up -d --wait db
+    compose up -d --no-deps backup
+}
+
+driver_migrate() {
+    IMAGE_TAG="$1" compose run --rm --no-deps api
+}
+
+driver_start() {
+    IMAGE_TAG="$2" compose up -d --no-deps --force-recreate "api-$1"
+}
+
+driver_status() {
+    local id
+    id="$(compose_container "api-$1")"
+    if [[ -z "$id" ]]; then
+        echo down
+        return
+    fi
+    case "$(docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")" in
+    running/healthy) echo healthy ;;
+    running/*) echo starting ;;
+    # exited, dead, or restarting after a crash
+    *) echo down ;;
+    esac
+}
+
+driver_upstream() {
+    echo "api-$1:8080"
+}
+
+# Docker sends SIGTERM and waits stop_grace_period before it kills.
+driver_stop() {
+    compose stop "api-$1"
+}
+
+# The web container renders the recorded upstream when it starts, and nginx-reload renders
+# it again in a running one.
+driver_proxy_apply() {
+    if [[ -n "$(compose_container web)" ]]; then
+        compose exec -T web nginx-reload
+    else
+        IMAGE_TAG="$DEPLOY_TAG" compose up -d --no-deps --wait web
+    fi
+}
+
+# nginx's master is the web container's pid 1; its children are the workers.
+driver_proxy_workers() {
+    compose exec -T web pgrep -P 1 2>/dev/null || true
+}
+
+driver_proxy_url() {
+    local published
+    published="$(compose port web 8080)"
+    echo "http://127.0.0.1:${published##*:}"
+}
+
+web_content() {
+    docker image inspect -f '{{index .Config.Labels "io.github.two-tier-rs.messages.web-content"}}' "$1"
+}
+
+driver_finish() {
+    local tag="$1" env_file="$DEPLOY_ROOT/.env" new_web running_web
+    echo "recording IMAGE_TAG=$tag in $env_file"
+    if grep -q '^IMAGE_TAG=' "$env_file"; then
+        sed -i "s/^IMAGE_TAG=.*/IMAGE_TAG=$tag/" "$env_file"
+    else
+        echo "IMAGE_TAG=$tag" >>"$env_file"
+    fi
+    # Recreating nginx drops its connections for a moment, so it happens only when the
+    # frontend or the proxy config changed (scripts/images labels the web image with a hash
+    # of both); API-only releases keep nginx running.
+    new_web="$(compose config --images | grep '/messages-web:')"
+    running_web="$(docker inspect -f '{{.Image}}' "$(compose_container web)")"
+    if [[ "$(web_content "$new_web")" == "$(web_content "$running_web")" ]]; then
+        echo "web: frontend and proxy config unchanged; nginx keeps running"
+    else
+        echo "web: frontend or proxy config changed; recreating nginx"
+        compose up -d --no-deps --wait web
+    fi
+}

@@ -1,0 +1,17 @@
+# shellcheck shell=bash
+# Image names and tags, shared by scripts/images (build, push) and scripts/remote (deploy).
+# Run from the repository root.
+
+# The tag of this checkout's images: IMAGE_TAG when set, else the commit (12 hex digits).
+image_tag() {
+    if [[ -n "${IMAGE_TAG:-}" ]]; then
+        echo "$IMAGE_TAG"
+    else
+        git rev-parse --short=12 HEAD
+    fi
+}
+
+# image_name api|web: REGISTRY/messages-api or REGISTRY/messages-web.
+image_name() {
+    echo "${REGISTRY:?set REGISTRY, e.g. ghcr.io/OWNER}/messages-$1"
+}

@@ -1,0 +1,127 @@
+# shellcheck shell=bash
+# Deploy driver "process": each color is a plain process of a release binary on this
+# machine, behind a local nginx running the project's own config (scripts/lib/nginx.sh).
+# scripts/test-delivery deploys through it; it also suits a machine without Docker.
+#
+#   DEPLOY_RELEASES_DIR   one folder per tag holding its binary: RELEASES/TAG/messages-api
+#   DEPLOY_BLUE_PORT      port of the blue color (default 8081)
+#   DEPLOY_GREEN_PORT     port of the green color (default 8082)
+#   DEPLOY_NGINX_LISTEN   where nginx listens (default 127.0.0.1:8080)
+#   DEPLOY_NGINX_PREFIX   nginx's config, pid and logs (default STATE/nginx)
+# The API's own settings (DATABASE_URL, SHUTDOWN_GRACE_SECS, ...) come from the environment.
+# Each color's pid and log are STATE/COLOR.pid and STATE/COLOR.log.
+
+# shellcheck source=scripts/lib/nginx.sh
+source "$DEPLOY_ROOT/scripts/lib/nginx.sh"
+
+DEPLOY_RELEASES_DIR="${DEPLOY_RELEASES_DIR:-$DEPLOY_ROOT/releases}"
+DEPLOY_NGINX_LISTEN="${DEPLOY_NGINX_LISTEN:-127.0.0.1:8080}"
+DEPLOY_NGINX_PREFIX="${DEPLOY_NGINX_PREFIX:-$DEPLOY_STATE_DIR/nginx}"
+
+process_port() {
+    if [[ "$1" == blue ]]; then echo "${DEPLOY_BLUE_PORT:-8081}"; else echo "${DEPLOY_GREEN_PORT:-8082}"; fi
+}
+
+process_binary() {
+    echo "$DEPLOY_RELEASES_DIR/$1/messages-api"
+}
+
+# The pid of COLOR's process when it is running.
+process_pid() {
+    local pid
+    pid="$(cat "$DEPLOY_STATE_DIR/$1.pid" 2>/dev/null)" || return 1
+    kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+nginx_master_pid() {
+    local pid
+    pid="$(cat "$DEPLOY_NGINX_PREFIX/nginx.pid" 2>/dev/null)" || return 1
+    kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+driver_prepare() {
+    if [[ ! -x "$(process_binary "$1")" ]]; then
+        echo "no release $1: $(process_binary "$1") is missing or not executable" >&2
+        return 1
+    fi
+}
+
+driver_migrate() {
+    "$(process_binary "$1")" migrate
+}
+
+driver_start() {
+    local color="$1" tag="$2" port log
+    port="$(process_port "$color")"
+    log="$DEPLOY_STATE_DIR/$color.log"
+    driver_stop "$color"
+    echo "starting $tag as $color on 127.0.0.1:$port (log: $log)"
+    printf '=== %s: starting %s\n' "$(date -u +%FT%TZ)" "$tag" >>"$log"
+    # setsid: the process outlives this script and its terminal.
+    HOST=127.0.0.1 PORT="$port" RUN_MIGRATIONS=false \
+        setsid "$(process_binary "$tag")" serve </dev/null >>"$log" 2>&1 &
+    echo $! >"$DEPLOY_STATE_DIR/$color.pid"
+}
+
+driver_status() {
+    if ! process_pid "$1" >/dev/null; then
+        echo down
+    elif curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$(process_port "$1")/health" 2>/dev/null; then
+        echo healthy
+    else
+        echo starting
+    fi
+}
+
+driver_upstream() {
+    echo "127.0.0.1:$(process_port "$1")"
+}
+
+# SIGTERM, then up to the API's grace period (plus a margin) for in-flight requests.
+driver_stop() {
+    local color="$1" pid deadline
+    if ! pid="$(process_pid "$color")"; then
+        rm -f "$DEPLOY_STATE_DIR/$color.pid"
+        return 0
+    fi
+    echo "stopping $color (pid $pid)"
+    kill -TERM "$pid"
+    deadline=$((SECONDS + ${SHUTDOWN_GRACE_SECS:-20} + 5))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            echo "$color (pid $pid) outlived its grace period; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    rm -f "$DEPLOY_STATE_DIR/$color.pid"
+}
+
+# Explicit returns: scripts/deploy calls this inside a condition, where set -e is off.
+driver_proxy_apply() {
+    nginx_render "$DEPLOY_NGINX_PREFIX" "$(state_get api-upstream)" "$DEPLOY_NGINX_LISTEN" || return 1
+    nginx_check "$DEPLOY_NGINX_PREFIX" || return 1
+    local master
+    if master="$(nginx_master_pid)"; then
+        echo "nginx: reloading (master pid $master)"
+        kill -HUP "$master"
+    else
+        nginx_start "$DEPLOY_NGINX_PREFIX"
+    fi
+}
+
+driver_proxy_workers() {
+    local master
+    master="$(nginx_master_pid)" || return 0
+    pgrep -P "$master" || true
+}
+
+driver_proxy_url() {
+    echo "http://$DEPLOY_NGINX_LISTEN"
+}
+
+# Nothing to record: a release is a folder, not a setting.
+driver_finish() {
+    :
+}
