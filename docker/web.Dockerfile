@@ -4,7 +4,8 @@
 #
 # nginx-unprivileged is the official image rebuilt to run as user 101 and listen on 8080.
 # At start its entrypoint renders /etc/nginx/templates/*.template into /etc/nginx/conf.d/
-# with envsubst; 15-api-upstream.envsh first lets the deploy's choice of API color win.
+# with envsubst; 12-template-defaults.envsh first sets the template's defaults, and
+# 15-api-upstream.envsh lets the deploy's choice of API color win.
 
 ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:stable-alpine
 
@@ -21,14 +22,11 @@ LABEL org.opencontainers.image.title="messages-web" \
       org.opencontainers.image.source="${SOURCE}" \
       io.github.two-tier-rs.messages.web-content="${CONTENT}"
 
-# Only the template's own variables are substituted; nginx's $variables stay as they are.
-ENV API_UPSTREAM=api:8080 \
-    HTTP_PORT=8080 \
-    WEB_ROOT=/usr/share/nginx/html \
-    NGINX_ENVSUBST_FILTER="^(API_UPSTREAM|HTTP_PORT|WEB_ROOT)$"
-
 COPY nginx/nginx.conf /etc/nginx/nginx.conf
 COPY nginx/templates/ /etc/nginx/templates/
+# The template's variables, their defaults and the envsubst filter that keeps nginx's own
+# $variables as they are.
+COPY --chmod=0755 nginx/template-defaults.envsh /docker-entrypoint.d/12-template-defaults.envsh
 COPY --chmod=0755 docker/web/15-api-upstream.envsh /docker-entrypoint.d/
 COPY --chmod=0755 docker/web/nginx-reload /usr/local/bin/
 COPY web/ /usr/share/nginx/html/

@@ -149,12 +149,19 @@ test('/metrics is not reachable through nginx', async () => {
   assert.equal((await request(`${BASE_URL}/metrics/`)).status, 404);
 });
 
-test('a body over 64 KiB is refused by nginx with a problem document', async () => {
-  const response = await request(`${BASE_URL}/api/messages`, {
-    method: 'POST',
-    body: { message: 'x'.repeat(70 * 1024) },
-  });
-  assertProblem(response, 413);
+test("nginx's body limit is the API's: one byte more is refused by nginx with a problem document", async () => {
+  const { max_body_bytes: limit } = (await request(`${BASE_URL}/api/limits`)).json;
+  // A JSON body of exactly `bytes` bytes: {"message":"xxx…"}.
+  const body = (bytes) => JSON.stringify({ message: 'x'.repeat(bytes - '{"message":""}'.length) });
+  const post = (bytes) =>
+    request(`${BASE_URL}/api/messages`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: body(bytes) });
+
+  const atLimit = await post(limit);
+  assertProblem(atLimit, 422);
+  assert.match(atLimit.json.errors.message, /at most/, 'the API read it and judged the text too long');
+  const over = await post(limit + 1);
+  assertProblem(over, 413);
+  assert.match(over.json.detail, new RegExp(`larger than ${limit} bytes`), 'nginx refused it itself');
 });
 
 test('a burst of writes from one address is answered 429, reads are not limited', async () => {

@@ -7,16 +7,18 @@ import net from 'node:net';
 import { API_URL } from './env.js';
 
 /**
- * request(url, { method, headers, body, localAddress }) ->
+ * request(url, { method, headers, body, localAddress }) -> (body: a string or Buffer as is, else JSON)
  *   { status, headers, body (string), json (parsed when JSON, else undefined) }
  */
 export function request(url, { method = 'GET', headers = {}, body, localAddress } = {}) {
   return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+    // Strings and Buffers go out as they are; anything else as JSON.
+    const raw = typeof body === 'string' || Buffer.isBuffer(body);
+    const payload = body === undefined ? undefined : Buffer.from(raw ? body : JSON.stringify(body));
     const allHeaders = { ...headers };
     if (payload !== undefined) {
       allHeaders['Content-Length'] = payload.length;
-      if (typeof body !== 'string') allHeaders['Content-Type'] ??= 'application/json';
+      if (!raw) allHeaders['Content-Type'] ??= 'application/json';
     }
     const req = http.request(url, { method, headers: allHeaders, localAddress, agent: false }, (res) => {
       const chunks = [];

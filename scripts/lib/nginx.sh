@@ -10,9 +10,6 @@
 
 NGINX_LIB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
-# Only these are substituted, so nginx's own $variables survive rendering.
-# shellcheck disable=SC2016
-NGINX_TEMPLATE_VARS='${API_UPSTREAM} ${HTTP_PORT} ${WEB_ROOT}'
 
 # The folder of the installed nginx's own config, where mime.types lives.
 nginx_conf_dir() {
@@ -31,10 +28,17 @@ nginx_render() {
     mkdir -p "$prefix/conf.d" "$prefix/logs" "$prefix/temp"
     cp "$NGINX_LIB_ROOT/nginx/nginx.conf" "$prefix/nginx.conf"
     cp "$(nginx_conf_dir)/mime.types" "$prefix/mime.types"
-    API_UPSTREAM="$upstream" HTTP_PORT="$listen" WEB_ROOT="$web_root" \
-        envsubst "$NGINX_TEMPLATE_VARS" \
-        <"$NGINX_LIB_ROOT/nginx/templates/default.conf.template" \
-        >"$prefix/conf.d/default.conf"
+    # The template's other variables come from the environment or their defaults; only
+    # the template's own variables are substituted, so nginx's $variables survive.
+    (
+        export API_UPSTREAM="$upstream" HTTP_PORT="$listen" WEB_ROOT="$web_root"
+        # shellcheck source=nginx/template-defaults.envsh
+        . "$NGINX_LIB_ROOT/nginx/template-defaults.envsh"
+        # shellcheck disable=SC2016,SC2086 # envsubst's own ${NAME} list, one word per variable
+        envsubst "$(printf '${%s} ' $NGINX_TEMPLATE_VARIABLES)" \
+            <"$NGINX_LIB_ROOT/nginx/templates/default.conf.template" \
+            >"$prefix/conf.d/default.conf"
+    )
     local kind
     {
         for kind in client_body proxy fastcgi uwsgi scgi; do
