@@ -27,6 +27,9 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/s
 const MIGRATION_LOCK: &str = "messages_api_migrations";
 const MIGRATION_LOCK_WAIT_SECS: u32 = 120;
 
+/// A checkout that takes this long had to wait for a connection to come free.
+const CHECKOUT_WAIT: Duration = Duration::from_millis(1);
+
 /// How long SQLite waits for a competing writer before giving up.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
 
@@ -278,12 +281,13 @@ impl Db {
 fn checkout(
     pool: &r2d2::Pool<ConnectionManager>,
 ) -> Result<r2d2::PooledConnection<ConnectionManager>, DbError> {
-    if pool.state().idle_connections == 0 {
-        metrics::counter!("db_pool_checkout_waits_total").increment(1);
-    }
     let started = Instant::now();
     let conn = pool.get();
-    metrics::histogram!("db_pool_checkout_seconds").record(started.elapsed().as_secs_f64());
+    let waited = started.elapsed();
+    metrics::histogram!("db_pool_checkout_seconds").record(waited.as_secs_f64());
+    if waited >= CHECKOUT_WAIT {
+        metrics::counter!("db_pool_checkout_waits_total").increment(1);
+    }
     conn.map_err(|error| {
         metrics::counter!("db_pool_checkout_timeouts_total").increment(1);
         DbError::Unavailable(format!("No database connection is available ({error})."))
