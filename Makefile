@@ -1,11 +1,17 @@
 # The project's commands. `make run` serves the app; `make test` runs every test.
-.PHONY: run test openapi lint fmt clean
+.PHONY: run test bench chaos openapi lint fmt clean
 
 run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
 	scripts/run
 
 test: ## Lint, then run every test against real SQLite and MariaDB
 	scripts/test
+
+bench: ## Benchmark: release API, nginx and MariaDB with 1,000,000 rows; report in bench/results/
+	scripts/bench
+
+chaos: ## Only the fault tests (database outage, crash, graceful stop), against a throwaway MariaDB
+	scripts/chaos
 
 openapi: ## Regenerate the committed OpenAPI document from the code
 	cargo run --locked --quiet -p messages-api -- openapi > openapi/openapi.json
