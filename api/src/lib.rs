@@ -174,6 +174,7 @@ impl Application {
             db.become_ready(run_migrations).await;
             tokio::join!(events.watch(db.clone()), purge_expired(db));
         });
+        let upkeep = tokio::spawn(telemetry::metrics_upkeep());
         tracing::info!(address = %self.local_addr(), backend = ?self.db.backend(), "listening");
 
         let stopping = self.stopping;
@@ -196,6 +197,7 @@ impl Application {
             }
         };
         background.abort();
+        upkeep.abort();
         result
     }
 }

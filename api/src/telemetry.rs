@@ -49,6 +49,19 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds histogram samples into buckets now and then: without it the recorder keeps every
+/// sample until the next scrape, and memory grows with traffic when nobody scrapes.
+pub async fn metrics_upkeep() {
+    let mut interval = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        metrics_handle().run_upkeep();
+    }
+}
+
 /// Runs the request with its id in scope and turns every error response that is not JSON
 /// yet (axum's 405, tower-http's 413 and timeout, a caught panic) into a problem document.
 pub async fn request_context(request: Request, next: Next) -> Response {
