@@ -65,16 +65,17 @@ struct KeyRow {
 
 /// Keyset pagination on the primary key: the cost is one index range scan whatever the
 /// table size or page depth.
+/// Two fixed query shapes rather than one boxed query: diesel caches the prepared statement
+/// of each, where a boxed query would be prepared anew on every request.
 pub fn list(conn: &mut DbConnection, before: Option<i64>, limit: u32) -> Result<Page, DbError> {
-    let mut query = messages::table
+    let page = messages::table
         .select(MessageRow::as_select())
         .order(messages::id.desc())
-        .limit(i64::from(limit) + 1)
-        .into_boxed();
-    if let Some(before) = before {
-        query = query.filter(messages::id.lt(before));
-    }
-    let mut rows = query.load(conn)?;
+        .limit(i64::from(limit) + 1);
+    let mut rows = match before {
+        Some(before) => page.filter(messages::id.lt(before)).load(conn)?,
+        None => page.load(conn)?,
+    };
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     Ok(Page { rows, has_more })
