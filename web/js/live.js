@@ -59,6 +59,9 @@ export class LiveUpdates {
         this.#onEvent(type, data);
       });
     }
+    // The server could not replay what this stream missed (too far behind): catch up from
+    // the newest page instead.
+    source.addEventListener('reset', () => this.#resync());
     source.addEventListener('error', () => {
       if (source.readyState === EventSource.CLOSED) {
         // The browser gave up (an error status or a wrong content type): fall back.
