@@ -46,6 +46,7 @@ test('security headers are on pages, files, API answers and errors alike', async
   assert.equal(cases['an API answer'].status, 200);
   assert.equal(cases['an API error'].status, 400);
   assert.equal(cases['a missing file'].status, 404);
+  assertProblem(cases['a missing file'], 404);
   for (const [where, response] of Object.entries(cases)) assertSecurityHeaders(response, where);
 });
 
