@@ -82,27 +82,22 @@ pub async fn stream_messages(
     let live = state.events.subscribe();
     let (first, last) = state.db.run(events::bounds).await?;
     let head = last.unwrap_or(0);
-    let opening = match last_seen {
-        Some(seen) if seen == head => Opening::Replay(seen, Vec::new()),
+    // Live events at or below `start` were replayed already, or predate the stream.
+    let (first_events, start, replayed): (Vec<Event>, i64, HashSet<i64>) = match last_seen {
+        None => (vec![marker("ready", head)], head, HashSet::new()),
+        Some(seen) if seen == head => (Vec::new(), seen, HashSet::new()),
         Some(seen)
             if seen < head
                 && head - seen <= REPLAY_LIMIT
                 && first.is_some_and(|f| f <= seen + 1) =>
         {
             let rows = state.db.run(move |conn| events::since(conn, seen, REPLAY_LIMIT)).await?;
-            Opening::Replay(seen, rows.into_iter().filter_map(ChangeEvent::from_row).collect())
+            let missed: Vec<ChangeEvent> =
+                rows.into_iter().filter_map(ChangeEvent::from_row).collect();
+            (missed.iter().map(sse_event).collect(), seen, missed.iter().map(|e| e.seq).collect())
         }
-        Some(_) => Opening::Reset(head),
-        None => Opening::Ready(head),
-    };
-
-    // Live events at or below the starting point were sent already, or predate the stream.
-    let (first_events, start, replayed): (Vec<Event>, i64, HashSet<i64>) = match opening {
-        Opening::Ready(head) => (vec![marker("ready", head)], head, HashSet::new()),
-        Opening::Reset(head) => (vec![marker("reset", head)], head, HashSet::new()),
-        Opening::Replay(seen, events) => {
-            (events.iter().map(sse_event).collect(), seen, events.iter().map(|e| e.seq).collect())
-        }
+        // Too far back to replay: the client must reload.
+        Some(_) => (vec![marker("reset", head)], head, HashSet::new()),
     };
     let live = stream::unfold((live, replayed), move |(mut live, replayed)| async move {
         loop {
@@ -131,16 +126,6 @@ pub async fn stream_messages(
     // Tells nginx not to buffer the stream even where the proxy config forgets to.
     response.headers_mut().insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     Ok(response)
-}
-
-/// How a stream begins.
-enum Opening {
-    /// A fresh stream: the current position, to resume from later.
-    Ready(i64),
-    /// A resume from too far back: the client must reload.
-    Reset(i64),
-    /// A resume from the given event: the events missed since.
-    Replay(i64, Vec<ChangeEvent>),
 }
 
 fn marker(kind: &str, head: i64) -> Event {
