@@ -232,7 +232,7 @@ async fn patch_with_edit_token_updates_text_and_moves_updated_at(backend: Backen
     let created = app.create("first draft").await;
     let id = created["id"].as_i64().unwrap();
     let token = created["edit_token"].as_str().unwrap();
-    let response = patch(&app, id, Some(token), &json!({"message": "  final  "})).await;
+    let response = app.patch(id, Some(token), &json!({"message": "  final  "})).await;
     assert_eq!(response.status(), StatusCode::OK);
     let updated: Value = response.json().await.unwrap();
     assert_eq!(updated["message"], "final");
@@ -241,9 +241,9 @@ async fn patch_with_edit_token_updates_text_and_moves_updated_at(backend: Backen
     let fetched: Value = app.get(&format!("/api/messages/{id}")).await.json().await.unwrap();
     assert_eq!(fetched, updated);
 
-    let response = patch(&app, id, Some(token), &json!({"message": " "})).await;
+    let response = app.patch(id, Some(token), &json!({"message": " "})).await;
     assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = patch(&app, id, Some(token), &json!({"message": "x", "id": 7})).await;
+    let response = app.patch(id, Some(token), &json!({"message": "x", "id": 7})).await;
     assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     let fetched: Value = app.get(&format!("/api/messages/{id}")).await.json().await.unwrap();
     assert_eq!(fetched["message"], "final", "failed edits change nothing");
@@ -256,7 +256,7 @@ async fn patch_and_delete_require_the_right_token(backend: Backend) {
     let id = mine["id"].as_i64().unwrap();
     let body = json!({"message": "hijacked"});
 
-    let response = patch(&app, id, None, &body).await;
+    let response = app.patch(id, None, &body).await;
     assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     assert_problem(response, StatusCode::UNAUTHORIZED).await;
     let response = app
@@ -270,14 +270,14 @@ async fn patch_and_delete_require_the_right_token(backend: Backend) {
     assert_problem(response, StatusCode::UNAUTHORIZED).await;
 
     let wrong = theirs["edit_token"].as_str().unwrap();
-    assert_problem(patch(&app, id, Some(wrong), &body).await, StatusCode::FORBIDDEN).await;
-    assert_problem(patch(&app, id, Some("not-a-token"), &body).await, StatusCode::FORBIDDEN).await;
-    assert_problem(delete(&app, id, Some(wrong)).await, StatusCode::FORBIDDEN).await;
-    assert_problem(delete(&app, id, None).await, StatusCode::UNAUTHORIZED).await;
+    assert_problem(app.patch(id, Some(wrong), &body).await, StatusCode::FORBIDDEN).await;
+    assert_problem(app.patch(id, Some("not-a-token"), &body).await, StatusCode::FORBIDDEN).await;
+    assert_problem(app.delete(id, Some(wrong)).await, StatusCode::FORBIDDEN).await;
+    assert_problem(app.delete(id, None).await, StatusCode::UNAUTHORIZED).await;
     let token = mine["edit_token"].as_str().unwrap();
-    assert_problem(patch(&app, 999_999, Some(token), &body).await, StatusCode::NOT_FOUND).await;
-    assert_problem(delete(&app, 999_999, Some(token)).await, StatusCode::NOT_FOUND).await;
-    assert_problem(delete(&app, 0, Some(token)).await, StatusCode::BAD_REQUEST).await;
+    assert_problem(app.patch(999_999, Some(token), &body).await, StatusCode::NOT_FOUND).await;
+    assert_problem(app.delete(999_999, Some(token)).await, StatusCode::NOT_FOUND).await;
+    assert_problem(app.delete(0, Some(token)).await, StatusCode::BAD_REQUEST).await;
 
     let fetched: Value = app.get(&format!("/api/messages/{id}")).await.json().await.unwrap();
     assert_eq!(fetched["message"], "mine", "nothing changed");
@@ -288,10 +288,10 @@ async fn delete_with_edit_token_removes_the_message(backend: Backend) {
     let created = app.create("short-lived").await;
     let id = created["id"].as_i64().unwrap();
     let token = created["edit_token"].as_str().unwrap();
-    let response = delete(&app, id, Some(token)).await;
+    let response = app.delete(id, Some(token)).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_problem(app.get(&format!("/api/messages/{id}")).await, StatusCode::NOT_FOUND).await;
-    assert_problem(delete(&app, id, Some(token)).await, StatusCode::NOT_FOUND).await;
+    assert_problem(app.delete(id, Some(token)).await, StatusCode::NOT_FOUND).await;
     let next = app.create("after").await["id"].as_i64().unwrap();
     assert!(next > id, "ids are not reused");
 }
@@ -299,10 +299,10 @@ async fn delete_with_edit_token_removes_the_message(backend: Backend) {
 async fn admin_token_may_edit_and_delete_any_message(backend: Backend) {
     let app = TestApp::spawn_with(backend, &["--admin-token", ADMIN]).await;
     let id = app.create("moderate me").await["id"].as_i64().unwrap();
-    let response = patch(&app, id, Some(ADMIN), &json!({"message": "moderated"})).await;
+    let response = app.patch(id, Some(ADMIN), &json!({"message": "moderated"})).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(delete(&app, id, Some(ADMIN)).await.status(), StatusCode::NO_CONTENT);
-    assert_problem(delete(&app, id, Some(ADMIN)).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(app.delete(id, Some(ADMIN)).await.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.delete(id, Some(ADMIN)).await, StatusCode::NOT_FOUND).await;
 }
 
 async fn idempotent_retry_returns_the_original_response(backend: Backend) {
@@ -327,7 +327,7 @@ async fn idempotent_retry_returns_the_original_response(backend: Backend) {
     let id = first["id"].as_i64().unwrap();
     let token = second["edit_token"].as_str().unwrap();
     assert_eq!(
-        patch(&app, id, Some(token), &json!({"message": "edited"})).await.status(),
+        app.patch(id, Some(token), &json!({"message": "edited"})).await.status(),
         StatusCode::OK
     );
 
@@ -439,20 +439,4 @@ async fn list(app: &TestApp, query: &str) -> Value {
     let response = app.get(&format!("/api/messages{query}")).await;
     assert_eq!(response.status(), StatusCode::OK, "list {query}");
     response.json().await.unwrap()
-}
-
-async fn patch(app: &TestApp, id: i64, token: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut request = app.client.patch(app.url(&format!("/api/messages/{id}"))).json(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request.send().await.unwrap()
-}
-
-async fn delete(app: &TestApp, id: i64, token: Option<&str>) -> reqwest::Response {
-    let mut request = app.client.delete(app.url(&format!("/api/messages/{id}")));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request.send().await.unwrap()
 }

@@ -165,14 +165,7 @@ async fn legacy_flask_database_is_adopted_in_place() {
     assert!(created["id"].as_i64().unwrap() > 9);
     assert_eq!(created["message"], "new after adoption 🙂");
 
-    let id = 2;
-    let response = app
-        .client
-        .delete(app.url(&format!("/api/messages/{id}")))
-        .bearer_auth(created["edit_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(2, created["edit_token"].as_str()).await;
     assert_problem(response, StatusCode::FORBIDDEN).await;
 }
 

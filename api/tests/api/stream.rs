@@ -33,14 +33,7 @@ async fn stream_announces_creates_edits_and_deletes_in_order(backend: Backend) {
     let created_seq: i64 = event.id.unwrap().parse().unwrap();
 
     let token = created["edit_token"].as_str().unwrap();
-    let response = app
-        .client
-        .patch(app.url(&format!("/api/messages/{id}")))
-        .bearer_auth(token)
-        .json(&json!({"message": "edited"}))
-        .send()
-        .await
-        .unwrap();
+    let response = app.patch(id, Some(token), &json!({"message": "edited"})).await;
     assert_eq!(response.status(), StatusCode::OK);
     let event = stream.next(WAIT).await.unwrap();
     assert_eq!(event.event, "updated");
@@ -48,13 +41,7 @@ async fn stream_announces_creates_edits_and_deletes_in_order(backend: Backend) {
     let updated_seq: i64 = event.id.unwrap().parse().unwrap();
     assert!(updated_seq > created_seq);
 
-    let response = app
-        .client
-        .delete(app.url(&format!("/api/messages/{id}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(id, Some(token)).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let event = stream.next(WAIT).await.unwrap();
     assert_eq!(event.event, "deleted");

@@ -213,6 +213,18 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("request sent")
     }
 
+    /// PATCH of a message, with the bearer token when given.
+    pub async fn patch(&self, id: i64, token: Option<&str>, body: &Value) -> reqwest::Response {
+        let request = self.client.patch(self.url(&format!("/api/messages/{id}"))).json(body);
+        with_bearer(request, token).send().await.expect("request sent")
+    }
+
+    /// DELETE of a message, with the bearer token when given.
+    pub async fn delete(&self, id: i64, token: Option<&str>) -> reqwest::Response {
+        let request = self.client.delete(self.url(&format!("/api/messages/{id}")));
+        with_bearer(request, token).send().await.expect("request sent")
+    }
+
     /// A function that starts the graceful shutdown.
     pub fn stop_handle(&mut self) -> impl FnOnce() + use<> {
         let stop = self.stop.take().expect("not stopped yet");
@@ -231,6 +243,13 @@ impl Drop for TestApp {
         if let Some(server) = &self.server {
             server.abort();
         }
+    }
+}
+
+fn with_bearer(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
     }
 }
 
