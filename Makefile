@@ -1,11 +1,14 @@
 # The project's commands. `make run` serves the app; `make test` runs every test.
-.PHONY: run test bench chaos openapi lint fmt clean
+.PHONY: run test test-containers bench chaos openapi lint fmt clean
 
 run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
 	scripts/run
 
 test: ## Lint, then run every test against real SQLite and MariaDB
 	scripts/test
+
+test-containers: ## Only the container tests: both images, both compose stacks, blue/green deploys, on a real Docker Engine
+	scripts/test-containers
 
 bench: ## Benchmark: release API, nginx and MariaDB with 1,000,000 rows; report in bench/results/
 	scripts/bench

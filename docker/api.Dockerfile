@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The API image: `docker build -f docker/api.Dockerfile .` from the repository root.
 #
 # Stages: chef (toolchain + cargo-chef) -> planner (dependency recipe) -> builder (dependencies

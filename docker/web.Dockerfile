@@ -1,13 +1,14 @@
-# syntax=docker/dockerfile:1
 # The web image: nginx with the frontend (web/) and the proxy config (nginx/) baked in.
 # `docker build -f docker/web.Dockerfile .` from the repository root.
 #
-# nginx-unprivileged is the official image rebuilt to run as user 101 and listen on 8080.
+# nginx-unprivileged is the official image rebuilt to run as user 101 and listen on 8080. Its
+# Debian variant, not Alpine: the project's container tests build the base images from
+# Debian packages (README.md, "How this is tested"), and the health check uses its curl.
 # At start its entrypoint renders /etc/nginx/templates/*.template into /etc/nginx/conf.d/
 # with envsubst; 12-template-defaults.envsh first sets the template's defaults, and
 # 15-api-upstream.envsh lets the deploy's choice of API color win.
 
-ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:stable-alpine
+ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:stable-bookworm
 
 FROM ${NGINX_IMAGE}
 ARG VERSION=dev
@@ -25,15 +26,16 @@ LABEL org.opencontainers.image.title="messages-web" \
 COPY nginx/nginx.conf /etc/nginx/nginx.conf
 COPY nginx/templates/ /etc/nginx/templates/
 # The template's variables, their defaults and the envsubst filter that keeps nginx's own
-# $variables as they are.
-COPY --chmod=0755 nginx/template-defaults.envsh /docker-entrypoint.d/12-template-defaults.envsh
-COPY --chmod=0755 docker/web/15-api-upstream.envsh /docker-entrypoint.d/
-COPY --chmod=0755 docker/web/nginx-reload /usr/local/bin/
+# $variables as they are. The entrypoint runs only executable files; git keeps these
+# executable, and COPY keeps the mode (no --chmod, which the classic builder lacks).
+COPY nginx/template-defaults.envsh /docker-entrypoint.d/12-template-defaults.envsh
+COPY docker/web/15-api-upstream.envsh /docker-entrypoint.d/
+COPY docker/web/nginx-reload /usr/local/bin/
 COPY web/ /usr/share/nginx/html/
 
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/"]
 # nginx.conf leaves the pid file to the build default (/var/run, root's); user 101 keeps it
 # in /tmp, and nginx-reload passes the same setting.
 CMD ["nginx", "-g", "daemon off; pid /tmp/nginx.pid;"]

@@ -13,9 +13,11 @@ compose_container() {
     compose ps -q "$1" 2>/dev/null
 }
 
+# Tags name commits and never move, so an image the host has already is not fetched again
+# (and a host can deploy an image loaded without a registry).
 driver_prepare() {
-    echo "pulling $1"
-    IMAGE_TAG="$1" compose pull --quiet api web
+    echo "pulling $1 (unless the host has it)"
+    IMAGE_TAG="$1" compose pull --quiet --policy missing api web
     compose up -d --wait db
     compose up -d --no-deps backup
 }
@@ -62,9 +64,10 @@ driver_proxy_apply() {
     fi
 }
 
-# nginx's master is the web container's pid 1; its children are the workers.
+# nginx's master is the web container's pid 1; its children are the workers (read from
+# /proc: the nginx image has no pgrep).
 driver_proxy_workers() {
-    compose exec -T web pgrep -P 1 2>/dev/null || true
+    compose exec -T web cat /proc/1/task/1/children 2>/dev/null | tr ' ' '\n' | grep . || true
 }
 
 driver_proxy_url() {

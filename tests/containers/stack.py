@@ -1,0 +1,253 @@
+"""Compose stacks on the test engine, and the HTTP checks made through their nginx."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import ROOT, Engine, log, run
+
+# What scripts/remote copies to the EC2 host: everything scripts/deploy and its drivers read.
+DELIVERY_FILES = ("docker-compose.yml", "docker-compose.prod.yml", "docker", "scripts", "nginx", "web")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(check, timeout: float, interval: float = 0.5, what: str = "the condition"):
+    """Calls `check` until it returns something truthy; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as error:  # noqa: BLE001 - kept for the failure message
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, body=None, headers=None, timeout: float = 10) -> Response:
+    data = None
+    headers = dict(headers or {})
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())
+    except urllib.error.HTTPError as error:
+        return Response(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+
+
+class StreamReader:
+    """Reads the live stream (Server-Sent Events) in a thread, collecting its events."""
+
+    def __init__(self, url: str):
+        self.events: list[dict] = []
+        self._response = urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Accept": "text/event-stream"}), timeout=30
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        event = {}
+        try:
+            for raw in self._response:
+                line = raw.decode().rstrip("\n")
+                if not line:
+                    if event:
+                        self.events.append(event)
+                    event = {}
+                elif not line.startswith(":") and ":" in line:
+                    name, _, value = line.partition(":")
+                    event[name] = value.lstrip(" ")
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        self._response.close()
+
+
+class Compose:
+    """One compose project: its command (Compose v2 `docker compose`, or Debian's
+    docker-compose 1.29), its files and its .env."""
+
+    def __init__(self, engine: Engine, project: str, directory: Path, files: list[str],
+                 env_file: Path, v2: bool = True):
+        self.engine = engine
+        self.project = project
+        self.directory = directory
+        self.files = files
+        self.env_file = env_file
+        self.v2 = v2
+
+    def command(self) -> list[str]:
+        base = ["docker", "compose"] if self.v2 else ["/usr/bin/docker-compose"]
+        args = base + ["--project-name", self.project, "--env-file", str(self.env_file)]
+        if self.v2:
+            args += ["--project-directory", str(self.directory)]
+        for file in self.files:
+            args += ["-f", str(self.directory / file)]
+        return args
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 600, **kwargs):
+        kwargs.setdefault("capture_output", True)
+        result = subprocess.run(
+            self.command() + list(args), env=self.engine.env, cwd=self.directory,
+            text=True, timeout=timeout, **kwargs,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"compose {' '.join(args)} exited {result.returncode}\n{result.stdout}{result.stderr}")
+        return result
+
+    def container(self, service: str) -> str:
+        return self("ps", "-q", service).stdout.strip()
+
+    def inspect(self, service: str) -> dict:
+        return json.loads(self.engine.docker("inspect", self.container(service)).stdout)[0]
+
+    def state(self, service: str) -> str:
+        """running/healthy, running/starting, exited/, ... for the service's container."""
+        container = self.container(service)
+        if not container:
+            return "absent/"
+        return self.engine.docker(
+            "inspect", "-f", "{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}", container
+        ).stdout.strip()
+
+    def wait_healthy(self, *services: str, timeout: float = 180):
+        for service in services:
+            eventually(lambda s=service: self.state(s) == "running/healthy", timeout,
+                       what=f"{service} to turn healthy")
+
+    def logs(self, service: str) -> str:
+        result = self("logs", "--no-color", service, check=False)
+        return result.stdout + result.stderr
+
+    def down(self):
+        log(f"compose down -v ({self.project})")
+        self("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+
+
+class Host:
+    """A folder laid out like the EC2 host's /srv/messages: the delivery files, .env,
+    secrets/, backups/ and the deploy state, with the prod stack run from it by Compose v2
+    exactly as scripts/deploy runs it there."""
+
+    def __init__(self, engine: Engine, path: Path, project: str, registry: str, tag: str):
+        self.engine = engine
+        self.path = path
+        self.project = project
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        files = run("git", "ls-files", "-z", "--", *DELIVERY_FILES, cwd=ROOT, capture_output=True).stdout
+        for name in filter(None, files.split("\0")):
+            target = path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # The deploy user owns backups/ and runs the backup service as itself.
+        self.backup_uid = 1000
+        (path / ".env").write_text(
+            f"COMPOSE_PROJECT_NAME={project}\nREGISTRY={registry}\nIMAGE_TAG={tag}\n"
+            f"HTTP_PORT=127.0.0.1:{self.port}\nMYSQL_DATABASE=messages\nMYSQL_USER=messages\n"
+            f"BACKUP_UID={self.backup_uid}\nBACKUP_GID={self.backup_uid}\n"
+        )
+        (path / "secrets").mkdir(mode=0o700)
+        self.secrets = {}
+        for name in ("db_password", "db_root_password", "admin_token"):
+            value = secrets.token_hex(32)
+            (path / "secrets" / name).write_text(value + "\n")
+            (path / "secrets" / name).chmod(0o444)
+            self.secrets[name] = value
+        (path / "backups").mkdir(mode=0o700)
+        shutil.chown(path / "backups", self.backup_uid, self.backup_uid)
+        (path / ".deploy").mkdir(mode=0o755)
+        self.compose = Compose(engine, project, path, ["docker-compose.yml", "docker-compose.prod.yml"],
+                               path / ".env")
+
+    def script(self, *args: str, check: bool = True, timeout: float = 600, **env: str):
+        """Runs one of the host's scripts (scripts/deploy, scripts/rollback, ...) from the host
+        folder, as Jenkins does over ssh."""
+        result = subprocess.run(
+            [str(self.path / "scripts" / args[0]), *args[1:]],
+            env={**self.engine.env, "DEPLOY_HEALTH_TIMEOUT": "60", **env},
+            cwd=self.path, capture_output=True, text=True, timeout=timeout,
+        )
+        log(f"{' '.join(args)} exited {result.returncode}")
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}{result.stderr}")
+        return result
+
+    def state(self, name: str) -> str:
+        path = self.path / ".deploy" / name
+        return path.read_text().strip() if path.exists() else ""
+
+    def sql(self, query: str, database: str = "messages") -> list[list[str]]:
+        """Runs SQL as root inside the db container; returns the rows as lists of strings."""
+        result = self.compose(
+            "exec", "-T", "db", "sh", "-c",
+            'mysql -uroot -p"$(cat /run/secrets/db_root_password)" --default-character-set=utf8mb4 --batch --raw --skip-column-names "$0"',
+            database, input=query,
+        )
+        return [line.split("\t") for line in result.stdout.splitlines()]
+
+    def down(self):
+        self.compose.down()
+
+
+class Load:
+    """Continuous reads through nginx with wrk until stopped, counting every failure: socket
+    errors and answers of 400 or more. Each request uses its own connection, since nginx's
+    graceful reload closes idle keep-alive connections and wrk does not retry them."""
+
+    SUMMARY = ROOT / "bench/summary.lua"
+
+    def __init__(self, url: str, workdir: Path, name: str):
+        self.summary = workdir / f"{name}.json"
+        self.summary.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            ["wrk", "-t2", "-c8", "-d10m", "-H", "Connection: close", "-s", str(self.SUMMARY),
+             f"{url}/api/messages?limit=10"],
+            env={"WRK_JSON": str(self.summary), "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1)
+
+    def stop(self) -> dict:
+        time.sleep(1)
+        self.process.send_signal(2)
+        self.process.wait(timeout=30)
+        result = json.loads(self.summary.read_text())
+        result["failed"] = sum(result["errors"].values())
+        log(f"load: {result['requests']} requests, {result['failed']} failed")
+        return result

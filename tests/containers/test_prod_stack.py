@@ -1,0 +1,74 @@
+"""The production stack (docker-compose.yml + docker-compose.prod.yml) with Compose v2, as
+the EC2 host runs it: hardened containers, secrets as files, networks that keep nginx
+away from the database, restarts, backups."""
+
+import json
+
+import checks
+from stack import eventually, http
+
+HARDENED = ("db", "web", "backup")
+
+
+def live_color(prod) -> str:
+    return "api-" + prod.state("color")
+
+
+def test_every_service_is_healthy_and_the_migration_job_succeeded(prod):
+    prod.compose.wait_healthy("db", live_color(prod), "web", timeout=60)
+    assert prod.compose.state("backup") == "running/"
+    job = prod.compose("ps", "--all", "--format", "json", "api").stdout
+    states = [json.loads(line) for line in job.splitlines() if line.strip()]
+    assert all(s["State"] == "exited" and s["ExitCode"] == 0 for s in states), states
+
+
+def test_containers_are_read_only_non_root_without_capabilities_and_limited(prod):
+    for service in (*HARDENED, live_color(prod)):
+        container = prod.compose.inspect(service)
+        host_config = container["HostConfig"]
+        assert host_config["ReadonlyRootfs"], service
+        assert host_config["CapDrop"] == ["ALL"], service
+        assert "no-new-privileges:true" in host_config["SecurityOpt"], service
+        assert host_config["Memory"] > 0, service
+        uid = prod.engine.docker("exec", container["Id"], "id", "-u").stdout.strip()
+        assert uid != "0", f"{service} runs as root"
+
+
+def test_the_checks_through_nginx_pass(prod):
+    checks.page_is_served(prod.url)
+    checks.create_list_edit_and_delete(prod.url)
+    checks.new_message_arrives_on_the_stream(prod.url)
+    checks.api_docs_are_served(prod.url)
+    checks.metrics_are_refused(prod.url)
+
+
+def test_web_cannot_reach_the_database(prod):
+    by_name = prod.compose("exec", "-T", "web", "curl", "-sS", "--max-time", "3", "telnet://db:3306",
+                           check=False)
+    assert by_name.returncode != 0
+    assert "resolve" in by_name.stderr.lower(), by_name.stderr
+    networks = prod.compose.inspect("db")["NetworkSettings"]["Networks"]
+    for network in networks.values():
+        by_address = prod.compose("exec", "-T", "web", "curl", "-sS", "--max-time", "3",
+                                  f"telnet://{network['IPAddress']}:3306", check=False)
+        assert by_address.returncode != 0, f"web reached db at {network['IPAddress']}"
+
+
+def test_no_secret_value_appears_in_docker_inspect(prod):
+    containers = prod.compose("ps", "--all", "-q").stdout.split()
+    inspected = prod.engine.docker("inspect", *containers).stdout
+    for name, value in prod.secrets.items():
+        assert value not in inspected, f"the value of {name} is visible in docker inspect"
+    api = prod.compose.inspect(live_color(prod))
+    assert "MYSQL_PASSWORD_FILE=/run/secrets/db_password" in api["Config"]["Env"]
+
+
+def test_a_killed_container_is_restarted_and_the_stack_serves_again(prod):
+    for service in ("web", live_color(prod)):
+        before = prod.compose.inspect(service)["RestartCount"]
+        prod.engine.docker("kill", prod.compose.container(service))
+        eventually(lambda s=service: prod.compose.inspect(s)["RestartCount"] > before, 30,
+                   what=f"{service} to be restarted")
+        prod.compose.wait_healthy(service, timeout=90)
+    assert eventually(lambda: http("GET", prod.url + "/health").status == 200, 30, what="nginx to serve")
+    prod.script("smoke-test", prod.url)
