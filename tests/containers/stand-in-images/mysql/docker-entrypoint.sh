@@ -71,7 +71,11 @@ if [[ "${1:-}" == mysqld || "${1:-}" == mariadbd ]]; then
         } | sql
         for f in /docker-entrypoint-initdb.d/*; do
             case "$f" in
-            *.sh) echo "entrypoint: running $f"; . "$f" ;;
+            *.sh)
+                echo "entrypoint: running $f"
+                # shellcheck source=/dev/null
+                . "$f"
+                ;;
             *.sql) echo "entrypoint: running $f"; sql --password="$MYSQL_ROOT_PASSWORD" "${MYSQL_DATABASE:-mysql}" <"$f" ;;
             *.sql.gz) echo "entrypoint: running $f"; gzip -dc "$f" | sql --password="$MYSQL_ROOT_PASSWORD" "${MYSQL_DATABASE:-mysql}" ;;
             esac

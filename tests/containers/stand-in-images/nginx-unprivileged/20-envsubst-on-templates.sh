@@ -14,7 +14,10 @@ if [ ! -w "$output_dir" ]; then
     echo "$0: ERROR: $template_dir exists, but $output_dir is not writable" >&2
     exit 0
 fi
-defined_envs=$(printf '${%s} ' $(awk "END { for (name in ENVIRON) { print ( name ~ /${filter}/ ) ? name : \"\" } }" </dev/null))
+# "${NAME} " for each matching variable: envsubst's list of what it may replace.
+names=$(awk "END { for (name in ENVIRON) { print ( name ~ /${filter}/ ) ? name : \"\" } }" </dev/null)
+# shellcheck disable=SC2016 # the dollar is for envsubst
+defined_envs=$(for name in $names; do printf '${%s} ' "$name"; done)
 find "$template_dir" -follow -type f -name "*$suffix" -print | while read -r template; do
     relative_path="${template#"$template_dir/"}"
     output_path="$output_dir/${relative_path%"$suffix"}"

@@ -12,6 +12,7 @@ if [ "$1" = nginx ] || [ "$1" = nginx-debug ]; then
         *.envsh)
             if [ -x "$f" ]; then
                 note "Sourcing $f"
+                # shellcheck source=/dev/null
                 . "$f"
             else
                 note "Ignoring $f, not executable"

@@ -1,0 +1,95 @@
+"""Session fixtures of the delivery tests: the run's folder, the API binary, a database.
+
+Run through scripts/test-delivery, which installs what these need.
+
+    API_BIN         the API binary (default target/debug/messages-api; not built here)
+    TEST_MYSQL_URL  mysql://user[:password]@host[:port] of a server to create databases on;
+                    unset: a throwaway MariaDB is started for the run
+
+Everything started is stopped at the end. The run's folder (API, nginx, wrk and script
+logs) is removed after a green run and kept, with its path printed, after a failed one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from support import ROOT, MariaDB, MySQL, Server
+
+RUN_DIR = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session")
+def run_dir(request) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="messages-delivery."))
+    request.config.stash[RUN_DIR] = path
+    return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = session.config.stash.get(RUN_DIR, None)
+    if path and exitstatus == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    path = config.stash.get(RUN_DIR, None)
+    if path and path.exists():
+        terminalreporter.write_line(f"Logs of the failed run are kept in {path} "
+                                    "(state/*.log, nginx/logs/, *.out)", red=True)
+
+
+def pytest_report_header(config):
+    url = os.environ.get("TEST_MYSQL_URL")
+    server = Server.parse(url) if url else None
+    return [f"API binary: {os.environ.get('API_BIN', 'target/debug/messages-api')}",
+            f"MySQL: {server.host}:{server.port} (TEST_MYSQL_URL)" if server
+            else "MySQL: a throwaway MariaDB started for this run"]
+
+
+@pytest.fixture(scope="session")
+def api_bin() -> Path:
+    path = Path(os.environ.get("API_BIN", ROOT / "target/debug/messages-api")).resolve()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"No API binary at {path}: build it with 'cargo build -p messages-api' or set API_BIN.",
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mysql_server(run_dir) -> Server:
+    if os.environ.get("TEST_MYSQL_URL"):
+        yield Server.parse(os.environ["TEST_MYSQL_URL"])
+        return
+    mariadb = MariaDB(run_dir / "mariadb")
+    try:
+        yield mariadb.start()
+    finally:
+        mariadb.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql(mysql_server, run_dir) -> MySQL:
+    return MySQL(mysql_server, run_dir / "mysql")
+
+
+@pytest.fixture(scope="session")
+def new_database(mysql):
+    """Creates an empty utf8mb4 database for this run (`new_database("deploy")`), or with
+    create=False only names one; every one is dropped at the end."""
+    created = []
+
+    def create(purpose: str, create: bool = True) -> str:
+        name = f"delivery_{os.getpid()}_{purpose}"
+        created.append(name)
+        if create:
+            mysql.query(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        return name
+
+    yield create
+    for name in created:
+        mysql.query(f"DROP DATABASE IF EXISTS `{name}`")
