@@ -67,13 +67,23 @@ def build_images(engine: Engine, tag: str) -> None:
         raise RuntimeError(f"scripts/images build exited {result.returncode}\n{result.stdout[-20000:]}{result.stderr[-5000:]}")
 
 
+_images_failed: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def images(engine):
     """The stand-in base images, then the project's two images as v1 and v2 (the same
-    source with another VERSION build argument, for the deploys)."""
-    build_stand_ins(engine)
-    for tag in ("v1", "v2"):
-        build_images(engine, tag)
+    source with another VERSION build argument, for the deploys). A failed build is not
+    retried for every test that needs the images."""
+    if _images_failed:
+        pytest.fail(f"the images could not be built: {_images_failed[0]}", pytrace=False)
+    try:
+        build_stand_ins(engine)
+        for tag in ("v1", "v2"):
+            build_images(engine, tag)
+    except Exception as error:
+        _images_failed.append(str(error).splitlines()[0] if str(error) else repr(error))
+        raise
     return {"registry": REGISTRY, "tags": ("v1", "v2")}
 
 

@@ -15,6 +15,7 @@ and rebuilt only when that hash changes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -46,6 +47,16 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
         raise RuntimeError(
             f"{' '.join(args)} exited {error.returncode}\n{error.stdout or ''}{error.stderr or ''}"
         ) from None
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs; reaps it when it is an exited child of this one."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    return Path(f"/proc/{pid}").exists()
 
 
 def bridge_interfaces() -> set[str]:
@@ -143,9 +154,9 @@ class Engine:
     def _terminate(pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        while time.monotonic() < deadline and running(pid):
             time.sleep(0.2)
-        if Path(f"/proc/{pid}").exists():
+        if running(pid):
             os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
@@ -217,9 +228,12 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
     debian = f"debian:{DEBIAN_RELEASE}-slim"
     built = {}
 
+    # The root is made by import_debian: its code is an input, the rest of this file is not.
     debian_inputs = inputs_hash(DEBIAN_RELEASE, DEBIAN_MIRROR, Path("/etc/ssl/certs/ca-certificates.crt"),
-                                Path(__file__))
-    if engine.image_label(debian, CACHE_LABEL) != debian_inputs:
+                                inspect.getsource(import_debian))
+    if pulled(engine, debian, f"debian:{DEBIAN_RELEASE}"):
+        debian_inputs = "pulled"
+    elif engine.image_label(debian, CACHE_LABEL) != debian_inputs:
         import_debian(engine, debian, debian_inputs)
     engine.docker("tag", debian, f"debian:{DEBIAN_RELEASE}")
     built[debian] = debian_inputs
@@ -231,7 +245,9 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
         )
     rust = f"rust:{rust_version}-slim-{DEBIAN_RELEASE}"
     rust_inputs = inputs_hash(STAND_INS / "rust", debian_inputs, host_rust)
-    if engine.image_label(rust, CACHE_LABEL) != rust_inputs:
+    if pulled(engine, rust):
+        pass
+    elif engine.image_label(rust, CACHE_LABEL) != rust_inputs:
         with StagedContext(engine.home / "rust-context") as context:
             shutil.copytree(STAND_INS / "rust", context, dirs_exist_ok=True)
             shutil.copy2(shutil.which("rustup") or Path.home() / ".cargo/bin/rustup", context / "rustup")
@@ -243,10 +259,30 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
 
     for image, folder in ((nginx_image, "nginx-unprivileged"), (mysql_image, "mysql")):
         inputs = inputs_hash(STAND_INS / folder, debian_inputs)
-        if engine.image_label(image, CACHE_LABEL) != inputs:
+        if pulled(engine, image):
+            pass
+        elif engine.image_label(image, CACHE_LABEL) != inputs:
             build_stand_in(engine, image, STAND_INS / folder, inputs)
         built[image] = inputs
     return built
+
+
+def pulled(engine: Engine, *images: str) -> bool:
+    """On an engine of the caller's (DOCKER_HOST), the upstream images when its registry
+    can be reached: stand-ins never replace real images there. The engine started for the
+    run reaches no registry, so it is not asked."""
+    if engine.started:
+        return False
+    for image in images:
+        try:
+            result = subprocess.run(["docker", "pull", "--quiet", image], env=engine.env,
+                                    capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            return False
+        if result.returncode != 0:
+            return False
+        log(f"pulled {image}")
+    return True
 
 
 def compose_db_image() -> str:
@@ -312,10 +348,21 @@ def import_debian(engine: Engine, image: str, inputs: str) -> None:
     # them to the bundle wherever an image installs it.
     (root / "usr/local/share/ca-certificates").mkdir(parents=True, exist_ok=True)
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "usr/local/share/ca-certificates/host-trusted.crt")
-    for leftover in ("var/cache/apt", "var/lib/apt/lists", "usr/share/man", "usr/share/info"):
-        for path in (root / leftover).glob("*"):
-            if path.is_file():
-                path.unlink()
+    # What the excludes above keep out of later installs, removed from debootstrap's own:
+    # its downloaded packages, the package lists, documentation but the copyrights,
+    # translations, manual pages.
+    leftovers = [*root.glob("var/cache/apt/archives/*.deb"), *root.glob("var/cache/apt/*.bin"),
+                 *root.glob("var/lib/apt/lists/*_*"), *root.glob("usr/share/man/*"),
+                 *root.glob("usr/share/info/*"), *root.glob("usr/share/locale/*"),
+                 *(p for p in root.glob("usr/share/doc/*/*") if p.name != "copyright")]
+    for path in leftovers:
+        if path.name == "locale.alias":
+            continue
+        # A documentation folder may be a link to another package's: each is listed twice.
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     log(f"docker import {image}")
     tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
     run("docker", "import", "--change", 'CMD ["bash"]', "--change", f"LABEL {CACHE_LABEL}={inputs}",
