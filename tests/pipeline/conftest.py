@@ -122,6 +122,8 @@ class PreparedHost:
     second: subprocess.CompletedProcess
     after_first: dict
     after_second: dict
+    # What the user-data signalled to the stack during the two runs.
+    sent: list
 
     def path(self, inside: str) -> Path:
         return self.root / inside.lstrip("/")
@@ -231,5 +233,7 @@ def prepared_host(template, tmp_path_factory) -> PreparedHost:
         # Unmounted before anything is deleted: the package cache is bind-mounted inside.
         for target in reversed(mounted):
             run("umount", str(target))
-    yield PreparedHost(root, values, first, second, after_first, after_second)
+    prepared = PreparedHost(root, values, first, second, after_first, after_second, [])
+    prepared.sent = prepared.signals()
+    yield prepared
     shutil.rmtree(root, ignore_errors=True)

@@ -1,11 +1,12 @@
-"""scripts/prepare-host, run twice by the stack's own user-data in a debootstrapped Debian
-12 root (Docker from Debian's docker.io: the DOCKER_SOURCE seam)."""
+"""scripts/prepare-host in a debootstrapped Debian 12 root: run by the stack's own
+user-data, then again with the same arguments (Docker from Debian's docker.io through the
+DOCKER_SOURCE seam)."""
 
 import json
 import re
 import stat
 
-from conftest import ECR_REGISTRY, JENKINS_KEY, REPO, WAIT_HANDLE_URL, run
+from conftest import ECR_REGISTRY, JENKINS_KEY, REPO, WAIT_HANDLE_URL, chroot_script, render_user_data, run
 
 CHANGE_LINE = re.compile(r"^prepare-host: (?!.* is ready for )", re.MULTILINE)
 
@@ -18,7 +19,7 @@ def owner_mode(host, path):
 def test_both_runs_succeed_and_the_user_data_reports_success_to_the_stack(prepared_host):
     for result in (prepared_host.first, prepared_host.second):
         assert result.returncode == 0, result.stdout + result.stderr
-    (signal,) = prepared_host.signals()
+    (signal,) = prepared_host.sent
     url, body = signal.split(" ", 1)
     assert url == WAIT_HANDLE_URL
     assert json.loads(body)["Status"] == "SUCCESS"
@@ -115,3 +116,15 @@ def test_refuses_bad_arguments_before_touching_anything(tmp_path):
         assert (result.returncode, message in result.stderr) == (2, True), (args, result.stderr)
     result = run(script, "--ssh-key", JENKINS_KEY, check=False, env={"DOCKER_SOURCE": "snap", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and "DOCKER_SOURCE must be" in result.stderr
+
+
+def test_user_data_reports_a_failed_preparation_to_the_stack(prepared_host, template):
+    """After the runs above: the same user-data with a key prepare-host refuses."""
+    values = prepared_host.values | {"JenkinsPublicKey": "not-a-key"}
+    prepared_host.path("/var/tmp/user-data-bad-key").write_text(render_user_data(template, values))
+    result = chroot_script(prepared_host.root, "/var/tmp/user-data-bad-key")
+    assert result.returncode == 2
+    assert "not an OpenSSH public key line" in result.stderr
+    url, body = prepared_host.signals()[-1].split(" ", 1)
+    assert url == WAIT_HANDLE_URL
+    assert json.loads(body)["Status"] == "FAILURE"
