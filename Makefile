@@ -1,5 +1,5 @@
 # The project's commands. `make run` serves the app; `make test` runs every test.
-.PHONY: run test test-containers bench chaos openapi lint fmt clean
+.PHONY: run test test-containers test-pipeline coverage bench chaos openapi lint fmt clean
 
 run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
 	scripts/run
@@ -9,6 +9,12 @@ test: ## Lint, then run every test against real SQLite and MariaDB
 
 test-containers: ## Only the container tests: both images, both compose stacks, blue/green deploys, on a real Docker Engine
 	scripts/test-containers
+
+test-pipeline: ## Only the pipeline gates' and the EC2 host's tests: dependency policy, Trivy gates, cfn-lint, prepare-host in a Debian root
+	scripts/test-pipeline
+
+coverage: ## Line coverage of the Rust tests with cargo-tarpaulin; report in target/reports/coverage/
+	scripts/coverage
 
 bench: ## Benchmark: release API, nginx and MariaDB with 1,000,000 rows; report in bench/results/
 	scripts/bench

