@@ -78,14 +78,19 @@ impl<'de> Deserialize<'de> for MessageInput {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageInput, A::Error> {
                 let mut message = None;
+                let mut unknown = None;
                 while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "message" if message.is_some() => {
-                            return Err(de::Error::duplicate_field("message"));
-                        }
-                        "message" => message = Some(map.next_value()?),
-                        other => return Err(de::Error::unknown_field(other, &["message"])),
+                    if key == "message" {
+                        message = Some(map.next_value()?);
+                    } else {
+                        // Read in full (strings checked as UTF-8): malformed JSON anywhere in
+                        // the body is a 400 before an unknown field is a 422.
+                        map.next_value::<serde_json::Value>()?;
+                        unknown.get_or_insert(key);
                     }
+                }
+                if let Some(key) = unknown {
+                    return Err(de::Error::unknown_field(&key, &["message"]));
                 }
                 let message = message.ok_or_else(|| de::Error::missing_field("message"))?;
                 Ok(MessageInput { message })
