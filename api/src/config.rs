@@ -140,6 +140,13 @@ pub enum SealingSecret {
         secret: String,
         path: PathBuf,
     },
+    /// Generated for this process only, because the data folder cannot keep it (a read-only
+    /// container): replays after a restart or on another replica cannot open their tokens.
+    Ephemeral {
+        secret: String,
+        path: PathBuf,
+        error: String,
+    },
 }
 
 impl DatabaseSettings {
@@ -199,13 +206,14 @@ impl Settings {
             DatabaseTarget::Mysql { .. } => PathBuf::from(DEFAULT_DATA_DIR),
         };
         let path = folder.join(GENERATED_SEALING_KEY);
-        let secret = load_or_generate_secret(&path).with_context(|| {
-            format!(
-                "cannot keep a token sealing key in {}: set TOKEN_SEALING_KEY_FILE",
-                path.display()
-            )
-        })?;
-        Ok(SealingSecret::Generated { secret, path })
+        Ok(match load_or_generate_secret(&path) {
+            Ok(secret) => SealingSecret::Generated { secret, path },
+            Err(error) => SealingSecret::Ephemeral {
+                secret: random_secret(),
+                path,
+                error: format!("{error:#}"),
+            },
+        })
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -237,6 +245,13 @@ fn parse_database_url(url: &str) -> anyhow::Result<DatabaseTarget> {
     bail!("DATABASE_URL must start with mysql:// or sqlite://")
 }
 
+/// 256 random bits as 64 hex digits.
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Reads the secret at `path`, first writing a random one there if there is none. The new
 /// file is written aside and linked into place, so that a process starting at the same
 /// moment reads either no file or the whole secret, and both end up with the same one.
@@ -246,9 +261,7 @@ fn load_or_generate_secret(path: &Path) -> anyhow::Result<String> {
     }
     let dir = path.parent().context("the key file has no folder")?;
     std::fs::create_dir_all(dir)?;
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-    let generated: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let generated = random_secret();
     let aside = dir.join(format!(".{GENERATED_SEALING_KEY}.{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -347,6 +360,19 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "only the owner reads it");
         }
+    }
+
+    #[test]
+    fn token_sealing_key_lives_in_memory_when_the_data_folder_is_not_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let url = format!("sqlite://{}", file.join("m.db").display());
+        let s = settings(&["--database-url", &url]);
+        let SealingSecret::Ephemeral { secret, .. } = s.token_sealing_secret().unwrap() else {
+            panic!("ephemeral");
+        };
+        assert_eq!(secret.len(), 64);
     }
 
     #[test]

@@ -220,6 +220,16 @@ fn token_sealer(settings: &Settings) -> anyhow::Result<Arc<TokenSealer>> {
             }
             secret
         }
+        SealingSecret::Ephemeral { secret, path, error } => {
+            tracing::warn!(
+                key_file = %path.display(),
+                %error,
+                "TOKEN_SEALING_KEY is not set and no key file can be kept: sealing with a key \
+                 of this process only; after a restart, or on another replica, replays of \
+                 earlier creates answer 409. Set TOKEN_SEALING_KEY_FILE"
+            );
+            secret
+        }
     };
     Ok(Arc::new(TokenSealer::new(secret.as_bytes()).context("TOKEN_SEALING_KEY")?))
 }
