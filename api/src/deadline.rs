@@ -22,7 +22,13 @@ pub async fn enforce(State(limit): State<Duration>, request: Request, next: Next
     let finished = watch.scope(tokio::time::timeout(limit, next.run(request))).await;
     match finished {
         Ok(response) => response,
-        Err(_) if watch.outcome_unknown() => ApiError::OutcomeUnknown.into_response(),
+        Err(_) if watch.outcome_unknown() => ApiError::OutcomeUnknown(
+            "The server's time limit passed while the change was being committed: it may or \
+             may not have been saved. Repeat a create only with the same Idempotency-Key; read \
+             the message back before repeating an edit or a delete."
+                .into(),
+        )
+        .into_response(),
         Err(_) => ApiError::Unavailable(
             "The request did not complete within the server's time limit.".into(),
         )

@@ -69,13 +69,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
-    /// The time limit passed while a change was being committed.
-    #[error(
-        "The server's time limit passed while the change was being committed: it may or may \
-         not have been saved. Repeat a create only with the same Idempotency-Key; read the \
-         message back before repeating an edit or a delete."
-    )]
-    OutcomeUnknown,
+    /// The time limit passed, or the connection failed, while a change was being committed.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -103,7 +99,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+            Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,7 +109,7 @@ impl ApiError {
             Self::Validation { .. } => "/problems/validation-error",
             Self::IdempotencyKeyReused(_) => "/problems/idempotency-key-reused",
             Self::ReplayUnavailable(_) => "/problems/idempotent-replay-unavailable",
-            Self::OutcomeUnknown => "/problems/outcome-unknown",
+            Self::OutcomeUnknown(_) => "/problems/outcome-unknown",
             _ => problem_type(self.status()),
         }
     }
@@ -182,9 +178,9 @@ impl IntoResponse for ApiError {
                 tracing::warn!(detail, "service unavailable");
                 problem_response(status, kind, detail, None)
             }
-            Self::OutcomeUnknown => {
-                tracing::warn!("the time limit passed during a commit: the outcome is unknown");
-                problem_response(status, kind, self.to_string(), None)
+            Self::OutcomeUnknown(detail) => {
+                tracing::warn!(detail, "the outcome of a commit is unknown");
+                problem_response(status, kind, detail, None)
             }
             other => problem_response(status, kind, other.to_string(), None),
         }
@@ -197,6 +193,7 @@ impl From<DbError> for ApiError {
             DbError::Unavailable(detail) | DbError::Busy(detail) => Self::Unavailable(detail),
             // Only a request that stopped waiting abandons work; nobody reads this answer.
             DbError::Abandoned => Self::Unavailable(error.to_string()),
+            DbError::OutcomeUnknown => Self::OutcomeUnknown(error.to_string()),
             DbError::Other(error) => Self::Internal(error),
         }
     }

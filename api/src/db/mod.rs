@@ -53,6 +53,13 @@ pub enum DbError {
     /// The request stopped waiting before the work committed; it was rolled back.
     #[error("the request stopped waiting; the work was rolled back")]
     Abandoned,
+    /// The connection failed after the commit was sent: the change may or may not be saved.
+    #[error(
+        "The database connection failed while the change was being committed: it may or may \
+         not have been saved. Repeat a create only with the same Idempotency-Key; read the \
+         message back before repeating an edit or a delete."
+    )]
+    OutcomeUnknown,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -138,6 +145,17 @@ impl Ticket {
     /// The request gives up on work that has not started; false if it has.
     fn abandon_queued(&self) -> bool {
         self.0.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// A connection lost once the commit was under way leaves its outcome unknown; other
+    /// results stand.
+    fn settle<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
+        match result {
+            Err(DbError::Unavailable(_)) if self.0.load(Ordering::Acquire) == COMMITTING => {
+                Err(DbError::OutcomeUnknown)
+            }
+            other => other,
+        }
     }
 
     /// The request gives up. True when a commit may be under way or done, so that the
@@ -391,7 +409,7 @@ impl Db {
             if matches!(result, Err(DbError::Unavailable(_))) {
                 conn.broken = true;
             }
-            result
+            gate.0.settle(result)
         });
         let mut waiting =
             Waiting { ticket, watch: COMMIT_WATCH.try_with(Clone::clone).ok(), done: false };
@@ -598,6 +616,19 @@ mod tests {
         assert!(!gate.0.abandon_queued(), "running work is not queued any more");
         assert!(!gate.0.abandon(), "nothing committed: the outcome is known");
         assert!(matches!(gate.enter(), Err(DieselError::RollbackTransaction)));
+    }
+
+    #[test]
+    fn a_connection_lost_during_the_commit_leaves_the_outcome_unknown() {
+        let lost = || Err::<(), _>(DbError::Unavailable("gone away".into()));
+        let gate = CommitGate(Arc::default());
+        assert!(gate.0.start());
+        assert!(matches!(gate.0.settle(lost()), Err(DbError::Unavailable(_))), "before the commit");
+        assert!(gate.enter().is_ok());
+        assert!(matches!(gate.0.settle(lost()), Err(DbError::OutcomeUnknown)));
+        let busy = Err::<(), _>(DbError::Busy("rolled back".into()));
+        assert!(matches!(gate.0.settle(busy), Err(DbError::Busy(_))), "a refused commit is known");
+        assert!(gate.0.settle(Ok(())).is_ok());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct Submitted {
         (status = 422, description = "Invalid message", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable or busy, or the time limit passed before anything was saved: nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
-        (status = 504, description = "The time limit passed while the message was being committed: it may or may not exist (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the message was being committed: it may or may not exist (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn submit(

@@ -171,7 +171,7 @@ pub async fn list_messages(
         (status = 422, description = "Invalid message, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable or busy, or the time limit passed before anything was saved: nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
-        (status = 504, description = "The time limit passed while the message was being committed: it may or may not exist. Retry only with the same Idempotency-Key (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the message was being committed: it may or may not exist. Retry only with the same Idempotency-Key (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_message(
@@ -245,7 +245,7 @@ pub async fn get_message(
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid message", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The time limit passed while the edit was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the edit was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_message(
@@ -280,7 +280,7 @@ pub async fn update_message(
         (status = 403, description = "The token does not open this message", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "The time limit passed while the delete was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the delete was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_message(
