@@ -4,8 +4,8 @@
 Docker), and otherwise starts Debian's dockerd with everything (data root, exec root,
 socket, pid file, log) in one folder, `CONTAINERS_HOME` (default
 ~/.cache/two-tier-messages/containers). The data root survives the run, so a second run
-finds its images cached. `Engine.stop()` stops a dockerd it started by its pid and deletes
-the network interfaces it created.
+finds its images cached. `Engine.stop()` stops a dockerd it started by its pid, deletes
+the network interfaces it created and puts back the firewall rules of before its start.
 
 `build_stand_ins()` makes the upstream images the project's Dockerfiles and compose files
 name (tests/containers/stand-in-images/README.md), each labelled with a hash of its inputs
@@ -47,6 +47,9 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
         raise RuntimeError(
             f"{' '.join(args)} exited {error.returncode}\n{error.stdout or ''}{error.stderr or ''}"
         ) from None
+
+
+RULES_SNAPSHOT = "iptables-before.rules"
 
 
 def running(pid: int) -> bool:
@@ -107,9 +110,12 @@ class Engine:
         self.host = f"unix://{self.home / 'docker.sock'}"
         self._stop_leftover()
         self._bridges_before = bridge_interfaces()
-        # overlay2 when the kernel allows it here, else vfs (slower, always works).
-        for driver in ("overlay2", "vfs"):
-            log(f"starting dockerd ({driver}) in {self.home}")
+        self._save_rules()
+        # overlay2 when the kernel allows it here, else vfs (slower, always works). With its
+        # iptables rules, which make internal networks internal (the production stack's
+        # backend) and are undone at stop; without them only where iptables cannot work.
+        for driver, iptables in (("overlay2", True), ("vfs", True), ("overlay2", False), ("vfs", False)):
+            log(f"starting dockerd ({driver}, iptables {'on' if iptables else 'off'}) in {self.home}")
             process = subprocess.Popen(
                 [
                     "dockerd",
@@ -118,9 +124,7 @@ class Engine:
                     f"--host={self.host}",
                     f"--pidfile={self.home / 'dockerd.pid'}",
                     f"--storage-driver={driver}",
-                    # No NAT rules: containers reach only each other. Builds that fetch
-                    # packages use the host's network (DOCKER_BUILD_NETWORK=host).
-                    "--iptables=false",
+                    f"--iptables={str(iptables).lower()}",
                     "--ip6tables=false",
                 ],
                 stdout=open(self.home / "dockerd.log", "ab"),
@@ -149,6 +153,28 @@ class Engine:
                 log(f"stopping dockerd {pid} left by an earlier run")
                 self._terminate(pid)
             pid_file.unlink(missing_ok=True)
+        self._restore_rules()
+
+    def _save_rules(self) -> None:
+        """Keeps this machine's IPv4 firewall rules as they are before dockerd adds its own."""
+        saved = subprocess.run(["iptables-save"], capture_output=True, text=True)
+        if saved.returncode == 0:
+            (self.home / RULES_SNAPSHOT).write_text(saved.stdout)
+
+    def _restore_rules(self) -> None:
+        """Puts back the rules saved at start: dockerd leaves its chains and rules behind."""
+        snapshot = self.home / RULES_SNAPSHOT
+        if not snapshot.exists():
+            return
+        saved = snapshot.read_text()
+        log("restoring the firewall rules of before dockerd")
+        subprocess.run(["iptables-restore"], input=saved, text=True, check=False)
+        # iptables-restore replaces only the tables the snapshot has; empty the others.
+        for table in ("filter", "nat", "mangle", "raw"):
+            if f"*{table}\n" not in saved:
+                subprocess.run(["iptables", "-t", table, "-F"], capture_output=True, check=False)
+                subprocess.run(["iptables", "-t", table, "-X"], capture_output=True, check=False)
+        snapshot.unlink()
 
     @staticmethod
     def _terminate(pid: int) -> None:
@@ -170,6 +196,7 @@ class Engine:
         for bridge in sorted(bridge_interfaces() - self._bridges_before):
             log(f"deleting the interface {bridge}")
             subprocess.run(["ip", "link", "delete", bridge], check=False)
+        self._restore_rules()
         self.started = False
 
     # --- images -------------------------------------------------------------------

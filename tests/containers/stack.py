@@ -185,7 +185,7 @@ class Host:
         )
         (path / "secrets").mkdir(mode=0o700)
         self.secrets = {}
-        for name in ("db_password", "db_root_password", "admin_token"):
+        for name in ("db_password", "db_root_password", "admin_token", "token_sealing_key"):
             value = secrets.token_hex(32)
             (path / "secrets" / name).write_text(value + "\n")
             (path / "secrets" / name).chmod(0o444)

@@ -83,7 +83,7 @@ def test_secrets_are_generated_once_as_the_compose_file_names_them(prepared_host
     compose = (REPO / "docker-compose.prod.yml").read_text()
     named = sorted(re.findall(r"file: \./secrets/(\w+)", compose))
     present = sorted(p.name for p in prepared_host.path("/srv/messages/secrets").iterdir())
-    assert present == named == ["admin_token", "db_password", "db_root_password"]
+    assert present == named == ["admin_token", "db_password", "db_root_password", "token_sealing_key"]
     values = set()
     for name in named:
         path = f"/srv/messages/secrets/{name}"
