@@ -221,7 +221,8 @@ test('the page works from the keyboard alone', async () => {
 });
 
 test('the stored edit tokens are read once, not once per message shown', async () => {
-  for (let i = 0; i < 20; i++) await createMessage(`One of a full page, number ${i + 1}`);
+  // Two full pages, whatever the board held before.
+  for (let i = 0; i < 40; i++) await createMessage(`One of two full pages, number ${i + 1}`);
   const page = await openPage(browser, { url: 'about:blank' });
   await page.addInitScript(() => {
     window.tokenReads = 0;
