@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import { assertClean, launch, messageItem, openPage, post, shownIds, waitForFeed } from './lib/browser.js';
-import { API_URL } from './lib/env.js';
+import { API_URL, BASE_URL } from './lib/env.js';
 import { createMessage, request } from './lib/http.js';
 
 let browser;
@@ -218,4 +218,40 @@ test('the page works from the keyboard alone', async () => {
   assert.ok(reached.includes('Send'), `Tab order: ${reached.join(' → ')}`);
   assert.ok(reached.includes('Edit'), `Tab order: ${reached.join(' → ')}`);
   await assertClean(page);
+});
+
+test('the stored edit tokens are read once, not once per message shown', async () => {
+  // Two full pages, whatever the board held before.
+  for (let i = 0; i < 40; i++) await createMessage(`One of two full pages, number ${i + 1}`);
+  const page = await openPage(browser, { url: 'about:blank' });
+  await page.addInitScript(() => {
+    window.tokenReads = 0;
+    const getItem = Storage.prototype.getItem;
+    Storage.prototype.getItem = function (key) {
+      if (key === 'messages.editTokens') window.tokenReads += 1;
+      return getItem.call(this, key);
+    };
+  });
+  await page.goto(BASE_URL);
+  await waitForFeed(page);
+  await page.click('#load-older');
+  await page.waitForFunction(() => document.querySelectorAll('#feed > li').length >= 40);
+  await page.waitForSelector('#live-status[data-state="live"]');
+  const live = await createMessage('Arrived live');
+  await messageItem(page, live.id).waitFor();
+  assert.equal(await page.evaluate(() => window.tokenReads), 1);
+  await assertClean(page);
+});
+
+test('a message posted in another tab of this browser gets its controls in this one', async () => {
+  const first = await openPage(browser);
+  const second = await first.context().newPage();
+  await second.goto(BASE_URL);
+  await Promise.all([waitForFeed(first), waitForFeed(second)]);
+  await second.waitForSelector('#live-status[data-state="live"]');
+  const created = await post(first, `Posted in the other tab ${Date.now()}`);
+  const item = messageItem(second, created.id);
+  await item.locator('[data-action="edit"]').waitFor({ timeout: 5_000 });
+  assert.ok(await item.locator('.message__you').isVisible());
+  await assertClean(first);
 });

@@ -61,7 +61,10 @@ function resetUnseen() {
   newButton.hidden = true;
 }
 
-function noteArrivals(messages) {
+async function noteArrivals(messages) {
+  // This browser's own post can come back on the stream (or in a refresh) before the POST's
+  // answer tells its id and token: judge whose messages these are once that answer is in.
+  await composer.idle;
   const others = messages.filter((message) => tokens.get(message.id) === null);
   if (others.length === 0) return;
   if (isAwayFromTop()) {

@@ -41,6 +41,7 @@ export class Composer {
   #maxChars = null;
   // One key per draft: resending the same text after a lost answer cannot post it twice.
   #draft = { text: null, key: null };
+  #idle = Promise.resolve();
 
   /** elements: { form, input, counter, error, send }; onPosted(messageWithToken). */
   constructor(elements, { onPosted }) {
@@ -56,6 +57,14 @@ export class Composer {
       this.#submit();
     });
     submitOnEnter(this.#input, this.#form);
+  }
+
+  /**
+   * Resolves once no message is being sent: after onPosted has run for the answer, or after
+   * the send failed. Until then a new message may be this browser's own, its token unknown.
+   */
+  get idle() {
+    return this.#idle;
   }
 
   get maxChars() {
@@ -81,6 +90,10 @@ export class Composer {
       this.#draft = { text, key: newIdempotencyKey() };
     }
     this.#setBusy(true);
+    let settle;
+    this.#idle = new Promise((resolve) => {
+      settle = resolve;
+    });
     try {
       const created = await api.create(text, this.#draft.key);
       this.#draft = { text: null, key: null };
@@ -92,6 +105,7 @@ export class Composer {
       this.#showError(describeError(error));
     } finally {
       this.#setBusy(false);
+      settle();
     }
   }
 

@@ -30,10 +30,13 @@ export class Feed {
     tokens.onChange(() => this.refreshOwnership());
   }
 
+  // The list is kept in id order, newest first, so its ends are the newest and oldest ids.
   get newestId() {
-    let newest = 0;
-    for (const id of this.#entries.keys()) newest = Math.max(newest, id);
-    return newest;
+    return Number(this.#el.list.firstElementChild?.dataset.id ?? 0);
+  }
+
+  get #oldestId() {
+    return Number(this.#el.list.lastElementChild?.dataset.id ?? 0);
   }
 
   /**
@@ -111,8 +114,7 @@ export class Feed {
       }
       return false;
     }
-    const olderThanShown = message.id < Math.min(...this.#entries.keys());
-    if (!fromPage && this.#cursor !== null && this.#entries.size > 0 && olderThanShown) return false;
+    if (!fromPage && this.#cursor !== null && message.id < this.#oldestId) return false;
 
     const element = this.#el.template.content.firstElementChild.cloneNode(true);
     element.dataset.id = String(message.id);
@@ -122,8 +124,7 @@ export class Feed {
       button.setAttribute('aria-label', `${button.textContent} message #${message.id}`);
     }
     this.#fill(element, message);
-    const next = [...this.#el.list.children].find((li) => Number(li.dataset.id) < message.id);
-    this.#el.list.insertBefore(element, next ?? null);
+    this.#el.list.insertBefore(element, this.#firstOlderThan(message.id));
     this.#entries.set(message.id, { message, element });
     if (highlight) {
       element.classList.add('message--new');
@@ -151,6 +152,19 @@ export class Feed {
   /** Shows or hides edit controls after this browser's tokens changed. */
   refreshOwnership() {
     for (const { element, message } of this.#entries.values()) this.#fill(element, message);
+  }
+
+  /** The shown message right below where `id` belongs, by binary search; null for the end. */
+  #firstOlderThan(id) {
+    const items = this.#el.list.children;
+    let low = 0;
+    let high = items.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (Number(items[middle].dataset.id) > id) low = middle + 1;
+      else high = middle;
+    }
+    return items[low] ?? null;
   }
 
   #clear() {

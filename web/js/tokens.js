@@ -5,7 +5,12 @@ const KEY = 'messages.editTokens';
 
 // When storage is unavailable (disabled, or a private window that refuses writes) tokens
 // live as long as the page does.
-const memory = new Map();
+let memory = new Map();
+
+// The stored tokens, parsed once: every message shown asks for its token, and parsing the
+// whole store each time made rendering a long feed quadratic. Dropped when another tab
+// writes the store.
+let cache = null;
 
 function load() {
   try {
@@ -16,8 +21,8 @@ function load() {
 }
 
 function save(map) {
-  memory.clear();
-  for (const [id, token] of map) memory.set(id, token);
+  cache = map;
+  memory = new Map(map);
   try {
     localStorage.setItem(KEY, JSON.stringify(Object.fromEntries(map)));
   } catch {
@@ -25,10 +30,18 @@ function save(map) {
   }
 }
 
+// Registered as the module loads, so it runs before any listener given to onChange.
+window.addEventListener('storage', (event) => {
+  if (event.key === KEY || event.key === null) cache = null;
+});
+
 export const tokens = {
   get(id) {
-    return load().get(String(id)) ?? null;
+    cache ??= load();
+    return cache.get(String(id)) ?? null;
   },
+  // Writes start from the store as it is now, not from the cache, so that a token another
+  // tab saved a moment ago (its storage event not yet seen here) is kept.
   set(id, token) {
     const map = load();
     map.set(String(id), token);
