@@ -3,12 +3,13 @@ nginx (through prometheus-nginx-exporter) and MariaDB (through prometheus-mysqld
 and sends its alerts to a real Alertmanager with the shipped config. The tests run in
 order on one stack: database outage, recovery, dashboard data, then the API stopped."""
 
+import json
 import re
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
-import json
 
 import pytest
 import yaml
@@ -34,16 +35,31 @@ def fire_deadline(name):
     return rule_for_seconds(name) + 2 * SCRAPE_INTERVAL + EVALUATION_INTERVAL
 
 
+def http_post_json(url, body, timeout=10):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 class Traffic:
-    """Reads of the board through nginx, a few per second, until stopped."""
+    """Users through nginx until stopped: reads several times a second, a post each second
+    (below nginx's write rate limit)."""
 
     def __init__(self, url):
         self.url, self.statuses, self.stopped = url, [], threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self):
+        n = 0
         while not self.stopped.is_set():
             self.statuses.append(http_get(f"{self.url}/api/messages", timeout=10)[0])
+            if n % 10 == 0:
+                self.statuses.append(http_post_json(f"{self.url}/api/messages", {"message": f"monitoring {n}"}))
+            n += 1
             time.sleep(0.1)
 
     def __enter__(self):
@@ -76,7 +92,8 @@ def test_stub_status_answers_only_on_its_private_socket(stack):
 
 def test_database_outage_fires_database_down_and_the_error_ratio_alert(stack):
     with Traffic(stack.nginx_url) as traffic:
-        wait_until("a successful read through nginx", lambda: 200 in traffic.statuses, 10)
+        wait_until("a successful read and post through nginx",
+                   lambda: {200, 201} <= set(traffic.statuses), 10)
         stack.db.stop()
         stopped = time.monotonic()
         wait_until("DatabaseDown to fire", lambda: stack.prometheus.alerts("DatabaseDown"),
