@@ -66,3 +66,37 @@ def test_promtool_accepts_every_panel_query(tmp_path):
     path.write_text(yaml.safe_dump(rules))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def compose_services():
+    services = {}
+    for name in ("docker-compose.yml", "docker-compose.prod.yml"):
+        services.update(yaml.safe_load((ROOT / name).read_text())["services"])
+    return services
+
+
+def test_every_scrape_target_and_the_datasource_name_a_compose_service():
+    services = compose_services()
+    config = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+    hosts = {t.split(":")[0] for am in config["alerting"]["alertmanagers"] for s in am["static_configs"]
+             for t in s["targets"]}
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            hosts |= {target.split(":")[0] for target in static["targets"]}
+        for sd in job.get("dns_sd_configs", []):
+            hosts |= set(sd["names"])
+    hosts.discard("localhost")
+    assert hosts <= set(services), f"not compose services: {sorted(hosts - set(services))}"
+    datasource = yaml.safe_load(
+        (MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090" and "prometheus" in services
+    assert datasource["uid"] == dashboard.DATASOURCE["uid"]
+
+
+def test_monitoring_profile_publishes_only_grafana():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    monitoring = {name: s for name, s in services.items() if "monitoring" in s.get("profiles", [])}
+    assert set(monitoring) == {"prometheus", "alertmanager", "grafana", "nginx-exporter", "mysqld-exporter"}
+    assert [name for name, s in monitoring.items() if s.get("ports")] == ["grafana"]
+    for name, service in monitoring.items():
+        assert "backend" in service.get("networks", []) or service.get("network_mode") == "service:web", name
