@@ -1,5 +1,5 @@
 # The project's commands. `make run` serves the app; `make test` runs every test.
-.PHONY: run test test-containers test-pipeline coverage bench chaos openapi lint fmt clean
+.PHONY: run test test-containers test-monitoring test-pipeline coverage bench chaos openapi lint fmt clean
 
 run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
 	scripts/run
@@ -9,6 +9,10 @@ test: ## Lint, then run every test against real SQLite and MariaDB
 
 test-containers: ## Only the container tests: both images, both compose stacks, blue/green deploys, on a real Docker Engine
 	scripts/test-containers
+
+test-monitoring: ## Only the monitoring tests: promtool, amtool, alert unit tests, alerts firing in a real Prometheus (builds the API first)
+	cargo build --locked -p messages-api
+	scripts/test-monitoring
 
 test-pipeline: ## Only the pipeline gates' and the EC2 host's tests: dependency policy, Trivy gates, cfn-lint, prepare-host in a Debian root
 	scripts/test-pipeline

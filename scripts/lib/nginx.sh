@@ -21,7 +21,9 @@ nginx_conf_dir() {
 # nginx_render PREFIX API_UPSTREAM HTTP_PORT [WEB_ROOT]
 # Lays out PREFIX like /etc/nginx in the official image: nginx.conf, mime.types and the
 # template rendered into conf.d/. One extra file points the temp folders into PREFIX,
-# since the built-in ones (/var/lib/nginx/...) are root's.
+# since the built-in ones (/var/lib/nginx/...) are root's. stub_status answers on the Unix
+# socket PREFIX/status.sock unless STATUS_LISTEN says otherwise: no port to collide, and
+# only this user's processes (the metrics exporter) can reach it.
 nginx_render() {
     local prefix="$1" upstream="$2" listen="$3" web_root="${4:-$NGINX_LIB_ROOT/web}"
     echo "nginx: rendering config into $prefix (listen $listen, upstream $upstream, root $web_root)"
@@ -32,6 +34,7 @@ nginx_render() {
     # the template's own variables are substituted, so nginx's $variables survive.
     (
         export API_UPSTREAM="$upstream" HTTP_PORT="$listen" WEB_ROOT="$web_root"
+        export STATUS_LISTEN="${STATUS_LISTEN:-unix:$prefix/status.sock}"
         # shellcheck source=nginx/template-defaults.envsh
         . "$NGINX_LIB_ROOT/nginx/template-defaults.envsh"
         # shellcheck disable=SC2016,SC2086 # envsubst's own ${NAME} list, one word per variable
@@ -74,7 +77,8 @@ nginx_start() {
     # In the foreground (daemon off) of a background job, so stdout, where the config sends
     # the access log, can be pointed at a file.
     nginx_args "$prefix" "daemon off;"
-    rm -f "$prefix/nginx.pid"
+    # A socket file outlives a killed nginx, and nginx will not bind over it.
+    rm -f "$prefix/nginx.pid" "$prefix/status.sock"
     echo "nginx: starting in $prefix"
     nginx "${NGINX_ARGS[@]}" \
         >>"$prefix/logs/access.log" 2>>"$prefix/logs/error.log" </dev/null &
