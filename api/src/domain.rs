@@ -1,13 +1,42 @@
-//! Domain values that can only be built valid ("parse, don't validate").
+//! Domain values that can only be built valid ("parse, don't validate"). They know no HTTP:
+//! failures are `TextError` and `DomainError`, which the routes turn into problem documents.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use chrono::{NaiveDateTime, SubsecRound, Utc};
+use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+/// Why a text is not a valid message; the caller knows which field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {max} characters long (it has {chars})")]
+    TooLong { max: u32, chars: usize },
+    #[error("must not contain control characters other than tab and line breaks")]
+    ControlCharacters,
+}
+
+/// Malformed request values and unusable stored ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("cursor is malformed: pass the next_cursor of a previous page unchanged")]
+    MalformedCursor,
+    #[error("id must be a positive integer, got \"{0}\"")]
+    NotAPositiveId(i64),
+    #[error("Idempotency-Key must be 1 to {max} visible ASCII characters", max = IdempotencyKey::MAX_LEN)]
+    MalformedIdempotencyKey,
+    #[error("TOKEN_SEALING_KEY must be at least {min} characters long", min = TokenSealer::MIN_SECRET_LEN)]
+    WeakSealingSecret,
+    /// The stored token does not open: another server secret, or the row was altered.
+    #[error("the sealed edit token does not open with this server secret and Idempotency-Key")]
+    SealBroken,
+}
 
 /// The text of a message: trimmed, not empty, at most the configured number of Unicode
 /// scalar values, and free of control characters other than tab and line breaks.
@@ -15,23 +44,17 @@ use crate::error::ApiError;
 pub struct MessageText(String);
 
 impl MessageText {
-    pub fn parse(raw: &str, max_chars: u32, field: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str, max_chars: u32) -> Result<Self, TextError> {
         let text = raw.trim();
         if text.is_empty() {
-            return Err(ApiError::invalid(field, "must not be empty"));
+            return Err(TextError::Empty);
         }
         let chars = text.chars().count();
         if chars > max_chars as usize {
-            return Err(ApiError::invalid(
-                field,
-                format!("must be at most {max_chars} characters long (it has {chars})"),
-            ));
+            return Err(TextError::TooLong { max: max_chars, chars });
         }
         if text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
-            return Err(ApiError::invalid(
-                field,
-                "must not contain control characters other than tab and line breaks",
-            ));
+            return Err(TextError::ControlCharacters);
         }
         Ok(Self(text.to_owned()))
     }
@@ -61,7 +84,7 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{}", self.0))
     }
 
-    pub fn decode(raw: &str) -> Result<Self, ApiError> {
+    pub fn decode(raw: &str) -> Result<Self, DomainError> {
         URL_SAFE_NO_PAD
             .decode(raw)
             .ok()
@@ -69,20 +92,22 @@ impl Cursor {
             .and_then(|s| s.strip_prefix(CURSOR_PREFIX)?.parse::<i64>().ok())
             .filter(|id| *id > 0)
             .map(Self)
-            .ok_or_else(|| {
-                ApiError::BadRequest(
-                    "cursor is malformed: pass the next_cursor of a previous page unchanged".into(),
-                )
-            })
+            .ok_or(DomainError::MalformedCursor)
     }
 }
 
-/// A message id taken from a path: a positive integer.
-pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("id must be a positive integer, got {raw:?}")))
+/// A message id: a positive integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageId(i64);
+
+impl MessageId {
+    pub fn parse(id: i64) -> Result<Self, DomainError> {
+        if id > 0 { Ok(Self(id)) } else { Err(DomainError::NotAPositiveId(id)) }
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
 }
 
 /// The secret that lets its holder edit or delete one message. Only its hash is stored.
@@ -102,17 +127,6 @@ impl EditToken {
     pub fn hash(&self) -> Vec<u8> {
         hash_token(&self.encode())
     }
-
-    /// Encrypts the token under a key derived from an Idempotency-Key, so that a replay can
-    /// hand it out again while the database never holds it in the clear.
-    pub fn seal(&self, key: &IdempotencyKey) -> Vec<u8> {
-        xor(&self.0, &key.token_pad())
-    }
-
-    pub fn unseal(sealed: &[u8], key: &IdempotencyKey) -> Option<Self> {
-        let bytes: [u8; 32] = xor(sealed, &key.token_pad()).try_into().ok()?;
-        Some(Self(bytes))
-    }
 }
 
 /// SHA-256 of a presented bearer token, the form in which tokens are stored and compared.
@@ -125,8 +139,63 @@ pub fn hashes_match(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
-    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+/// Seals edit tokens kept for idempotent replay with ChaCha20-Poly1305, under a key derived
+/// (HKDF-SHA256) from the server's secret and the client's Idempotency-Key. Reading the
+/// database alone gives nothing to brute-force, and a changed byte makes the open fail.
+pub struct TokenSealer(Hkdf<Sha256>);
+
+/// Sealed form: version, nonce, then the ciphertext with its tag.
+const SEAL_VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+/// The pre-sealing form: the token XOR-ed with SHA-256 of the client's key.
+const LEGACY_LEN: usize = 32;
+
+impl TokenSealer {
+    pub const MIN_SECRET_LEN: usize = 32;
+
+    pub fn new(secret: &[u8]) -> Result<Self, DomainError> {
+        if secret.len() < Self::MIN_SECRET_LEN {
+            return Err(DomainError::WeakSealingSecret);
+        }
+        Ok(Self(Hkdf::new(Some(b"messages-api edit token sealing"), secret)))
+    }
+
+    pub fn seal(&self, token: &EditToken, key: &IdempotencyKey) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher(key)
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &token.0, aad: &[SEAL_VERSION] })
+            .expect("a 32-byte message always seals");
+        [&[SEAL_VERSION][..], &nonce, &sealed].concat()
+    }
+
+    /// Whether a stored value predates sealing: erased by the upgrade (empty), or in the
+    /// old 32-byte XOR form, written by a previous version still running during a deploy.
+    pub fn is_unsealed(sealed: &[u8]) -> bool {
+        sealed.is_empty() || sealed.len() == LEGACY_LEN
+    }
+
+    pub fn open(&self, sealed: &[u8], key: &IdempotencyKey) -> Result<EditToken, DomainError> {
+        let (&version, rest) = sealed.split_first().ok_or(DomainError::SealBroken)?;
+        if version != SEAL_VERSION || rest.len() < NONCE_LEN {
+            return Err(DomainError::SealBroken);
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let token = self
+            .cipher(key)
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &[SEAL_VERSION] })
+            .map_err(|_| DomainError::SealBroken)?;
+        Ok(EditToken(token.try_into().map_err(|_| DomainError::SealBroken)?))
+    }
+
+    fn cipher(&self, key: &IdempotencyKey) -> ChaCha20Poly1305 {
+        let mut derived = Key::default();
+        self.0
+            .expand_multi_info(&[b"edit token v1 ", key.0.as_bytes()], &mut derived)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        ChaCha20Poly1305::new(&derived)
+    }
 }
 
 /// A client's `Idempotency-Key`: 1–255 visible ASCII characters.
@@ -135,29 +204,22 @@ pub struct IdempotencyKey(String);
 impl IdempotencyKey {
     pub const MAX_LEN: usize = 255;
 
-    pub fn parse(raw: &[u8]) -> Result<Self, ApiError> {
+    pub fn parse(raw: &[u8]) -> Result<Self, DomainError> {
         let valid =
             (1..=Self::MAX_LEN).contains(&raw.len()) && raw.iter().all(|b| b.is_ascii_graphic());
         if !valid {
-            return Err(ApiError::BadRequest(format!(
-                "Idempotency-Key must be 1 to {} visible ASCII characters",
-                Self::MAX_LEN
-            )));
+            return Err(DomainError::MalformedIdempotencyKey);
         }
         Ok(Self(String::from_utf8_lossy(raw).into_owned()))
     }
 
     /// The lookup key stored in the database.
     pub fn lookup_hash(&self) -> Vec<u8> {
-        self.derive(b"messages-api idempotency key")
-    }
-
-    fn token_pad(&self) -> Vec<u8> {
-        self.derive(b"messages-api edit token pad")
-    }
-
-    fn derive(&self, purpose: &[u8]) -> Vec<u8> {
-        Sha256::new().chain_update(purpose).chain_update(self.0.as_bytes()).finalize().to_vec()
+        Sha256::new()
+            .chain_update(b"messages-api idempotency key")
+            .chain_update(self.0.as_bytes())
+            .finalize()
+            .to_vec()
     }
 }
 
@@ -175,18 +237,20 @@ pub fn now() -> NaiveDateTime {
 mod tests {
     use super::*;
 
+    const SECRET: &[u8] = b"a server secret of at least 32 bytes";
+
     #[test]
     fn message_text_is_trimmed_and_counted_in_scalar_values() {
-        let text = MessageText::parse("  e\u{301}🙂  ", 3, "message").unwrap();
+        let text = MessageText::parse("  e\u{301}🙂  ", 3).unwrap();
         assert_eq!(text.as_str(), "e\u{301}🙂");
-        assert!(MessageText::parse("abcd", 3, "message").is_err());
+        assert_eq!(MessageText::parse("abcd", 3), Err(TextError::TooLong { max: 3, chars: 4 }));
     }
 
     #[test]
     fn message_text_rejects_blank_and_nul() {
-        assert!(MessageText::parse(" \n\t ", 10, "message").is_err());
-        assert!(MessageText::parse("a\0b", 10, "message").is_err());
-        assert!(MessageText::parse("line\r\nbreak\tand tab", 100, "message").is_ok());
+        assert_eq!(MessageText::parse(" \n\t ", 10), Err(TextError::Empty));
+        assert_eq!(MessageText::parse("a\0b", 10), Err(TextError::ControlCharacters));
+        assert!(MessageText::parse("line\r\nbreak\tand tab", 100).is_ok());
     }
 
     #[test]
@@ -196,19 +260,54 @@ mod tests {
         for bad in
             ["", "42", "!!!", &URL_SAFE_NO_PAD.encode("v1:-3"), &URL_SAFE_NO_PAD.encode("v2:3")]
         {
-            assert!(Cursor::decode(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(Cursor::decode(bad), Err(DomainError::MalformedCursor), "{bad:?}");
         }
     }
 
     #[test]
-    fn sealed_edit_token_opens_only_with_its_key() {
+    fn message_ids_are_positive() {
+        assert_eq!(MessageId::parse(7).unwrap().get(), 7);
+        assert_eq!(MessageId::parse(0), Err(DomainError::NotAPositiveId(0)));
+        assert_eq!(MessageId::parse(-1), Err(DomainError::NotAPositiveId(-1)));
+    }
+
+    #[test]
+    fn sealed_edit_token_opens_only_with_its_key_and_secret() {
+        let sealer = TokenSealer::new(SECRET).unwrap();
         let token = EditToken::generate();
         let key = IdempotencyKey::parse(b"key-1").unwrap();
-        let sealed = token.seal(&key);
-        assert_ne!(sealed, token.0.to_vec());
-        assert_eq!(EditToken::unseal(&sealed, &key).unwrap().encode(), token.encode());
-        let other = IdempotencyKey::parse(b"key-2").unwrap();
-        assert_ne!(EditToken::unseal(&sealed, &other).unwrap().encode(), token.encode());
+        let sealed = sealer.seal(&token, &key);
+        assert_eq!(sealed.len(), 1 + NONCE_LEN + 32 + 16);
+        assert!(!sealed.windows(32).any(|w| w == token.0), "the token is not in the clear");
+        assert_eq!(sealer.open(&sealed, &key).unwrap().encode(), token.encode());
+
+        let other_key = IdempotencyKey::parse(b"key-2").unwrap();
+        assert_eq!(sealer.open(&sealed, &other_key).err(), Some(DomainError::SealBroken));
+        let other_secret = TokenSealer::new(b"another server secret, also 32 bytes").unwrap();
+        assert_eq!(other_secret.open(&sealed, &key).err(), Some(DomainError::SealBroken));
+    }
+
+    #[test]
+    fn a_tampered_seal_does_not_open() {
+        let sealer = TokenSealer::new(SECRET).unwrap();
+        let key = IdempotencyKey::parse(b"key").unwrap();
+        let sealed = sealer.seal(&EditToken::generate(), &key);
+        for i in 0..sealed.len() {
+            let mut tampered = sealed.clone();
+            tampered[i] ^= 0x01;
+            assert_eq!(sealer.open(&tampered, &key).err(), Some(DomainError::SealBroken), "{i}");
+        }
+        for cut in [0, 1, NONCE_LEN, sealed.len() - 1] {
+            assert!(sealer.open(&sealed[..cut], &key).is_err(), "cut at {cut}");
+        }
+        assert!(sealer.open(&[0u8; 32], &key).is_err(), "the old XOR form");
+        assert!(TokenSealer::is_unsealed(&[0u8; 32]) && TokenSealer::is_unsealed(&[]));
+        assert!(!TokenSealer::is_unsealed(&sealed));
+    }
+
+    #[test]
+    fn a_short_sealing_secret_is_refused() {
+        assert_eq!(TokenSealer::new(b"short").err(), Some(DomainError::WeakSealingSecret));
     }
 
     #[test]

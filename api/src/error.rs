@@ -4,12 +4,16 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::DbError;
+use crate::domain::DomainError;
+use crate::service::ServiceError;
 use crate::telemetry::current_request_id;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -52,6 +56,8 @@ pub enum ApiError {
     #[error("{0}")]
     IdempotencyKeyReused(String),
     #[error("{0}")]
+    ReplayUnavailable(String),
+    #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
@@ -63,14 +69,17 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The time limit passed, or the connection failed, while a change was being committed.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 impl ApiError {
     /// A validation failure of one field.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
+    pub fn invalid(field: &str, message: impl ToString) -> Self {
+        let message = message.to_string();
         Self::Validation {
             detail: format!("{field} {message}"),
             errors: BTreeMap::from([(field.to_owned(), message)]),
@@ -86,9 +95,11 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::ReplayUnavailable(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,6 +108,8 @@ impl ApiError {
         match self {
             Self::Validation { .. } => "/problems/validation-error",
             Self::IdempotencyKeyReused(_) => "/problems/idempotency-key-reused",
+            Self::ReplayUnavailable(_) => "/problems/idempotent-replay-unavailable",
+            Self::OutcomeUnknown(_) => "/problems/outcome-unknown",
             _ => problem_type(self.status()),
         }
     }
@@ -165,6 +178,10 @@ impl IntoResponse for ApiError {
                 tracing::warn!(detail, "service unavailable");
                 problem_response(status, kind, detail, None)
             }
+            Self::OutcomeUnknown(detail) => {
+                tracing::warn!(detail, "the outcome of a commit is unknown");
+                problem_response(status, kind, detail, None)
+            }
             other => problem_response(status, kind, other.to_string(), None),
         }
     }
@@ -173,8 +190,63 @@ impl IntoResponse for ApiError {
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
         match error {
-            DbError::Unavailable(detail) => Self::Unavailable(detail),
+            DbError::Unavailable(detail) | DbError::Busy(detail) => Self::Unavailable(detail),
+            // Only a request that stopped waiting abandons work; nobody reads this answer.
+            DbError::Abandoned => Self::Unavailable(error.to_string()),
+            DbError::OutcomeUnknown => Self::OutcomeUnknown(error.to_string()),
             DbError::Other(error) => Self::Internal(error),
         }
     }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        match error {
+            DomainError::SealBroken | DomainError::WeakSealingSecret => {
+                Self::Internal(error.into())
+            }
+            other => Self::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::IdempotencyKeyReused => Self::IdempotencyKeyReused(error.to_string()),
+            ServiceError::ReplayUnavailable { .. } | ServiceError::SealBroken { .. } => {
+                Self::ReplayUnavailable(error.to_string())
+            }
+            ServiceError::Db(error) => error.into(),
+        }
+    }
+}
+
+/// Turns every error response that is not JSON yet (axum's 405, tower-http's 413, a caught
+/// panic) into a problem document. Runs inside the request id's scope.
+pub async fn render_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "The request body is larger than the server accepts.",
+        StatusCode::METHOD_NOT_ALLOWED => "This method is not allowed on this resource.",
+        StatusCode::INTERNAL_SERVER_ERROR => "An unexpected error occurred.",
+        other => other.canonical_reason().unwrap_or("Error"),
+    };
+    let mut problem = problem_response(status, problem_type(status), detail.to_owned(), None);
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        problem.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    problem
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with(PROBLEM_JSON))
 }

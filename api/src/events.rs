@@ -11,7 +11,7 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::db::Db;
 use crate::db::events::{self, EventKind, EventRow};
-use crate::routes::messages::Message;
+use crate::views::Message;
 
 /// How often the change log is read when no local write wakes the watcher earlier.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -69,15 +69,17 @@ impl EventHub {
 
     /// Follows the change log from its current end, forever.
     pub async fn watch(self, db: Db) {
+        let mut failures = FailureStreak::default();
         let mut cursor = loop {
             match db.run(events::bounds).await {
                 Ok((_, last)) => break LogCursor::new(last.unwrap_or(0)),
                 Err(error) => {
-                    tracing::debug!(%error, "change log not readable yet");
+                    failures.failed(&error);
                     tokio::time::sleep(POLL_INTERVAL).await;
                 }
             }
         };
+        failures.succeeded();
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -95,9 +97,33 @@ impl EventHub {
                         }
                     }
                     cursor.advance();
+                    failures.succeeded();
                 }
-                Err(error) => tracing::debug!(%error, "cannot read the change log"),
+                Err(error) => failures.failed(&error),
             }
+        }
+    }
+}
+
+/// Failed reads of the change log: each is counted (`change_log_read_errors_total`); the
+/// first of a run is logged at warn and the recovery at info, so that an outage does not
+/// log four lines a second.
+#[derive(Default)]
+struct FailureStreak(u64);
+
+impl FailureStreak {
+    fn failed(&mut self, error: &crate::db::DbError) {
+        metrics::counter!("change_log_read_errors_total").increment(1);
+        if self.0 == 0 {
+            tracing::warn!(%error, "cannot read the change log: live streams stall until it can");
+        }
+        self.0 += 1;
+    }
+
+    fn succeeded(&mut self) {
+        if self.0 > 0 {
+            tracing::info!(failed_reads = self.0, "the change log is readable again");
+            self.0 = 0;
         }
     }
 }

@@ -2,12 +2,15 @@
 
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod openapi;
 pub mod routes;
+pub mod service;
 pub mod telemetry;
+pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,7 +20,6 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -27,7 +29,6 @@ use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::services::ServeDir;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
@@ -35,11 +36,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::Settings;
+use crate::config::{SealingSecret, Settings};
 use crate::db::Db;
+use crate::domain::TokenSealer;
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::routes::{AppState, Limits, compat, health, messages, meta, stream};
+use crate::service::Messages;
 use crate::telemetry::REQUEST_ID_HEADER;
 
 /// How often expired idempotency keys and change events are purged.
@@ -96,13 +99,11 @@ pub fn build_router(state: AppState, settings: &Settings) -> Router {
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
             .layer(middleware::from_fn(telemetry::request_context))
+            .layer(middleware::from_fn(error::render_bare_errors))
             .layer(CatchPanicLayer::new())
             .layer(CompressionLayer::new())
+            .layer(middleware::from_fn_with_state(settings.request_timeout(), deadline::enforce))
             .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                settings.request_timeout(),
-            ))
             .layer(DefaultBodyLimit::max(settings.max_body_bytes)),
     )
 }
@@ -127,12 +128,14 @@ impl Application {
     /// database: that is awaited in the background by `run_until`.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         telemetry::metrics_handle();
-        let db = Db::new(&settings.database)?;
+        let db = Db::new(&settings.database, settings.db_lock_timeout())?;
         let admin_token_hash = settings.admin_token()?.map(|t| Arc::new(domain::hash_token(&t)));
+        let sealer = token_sealer(settings)?;
         let events = EventHub::default();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let state = AppState {
             db: db.clone(),
+            messages: Messages { db: db.clone(), events: events.clone(), sealer },
             limits: Limits {
                 max_message_chars: settings.max_message_chars,
                 max_body_bytes: settings.max_body_bytes,
@@ -200,6 +203,35 @@ impl Application {
         upkeep.abort();
         result
     }
+}
+
+/// The sealer of edit tokens kept for idempotent replay, from the configured secret or one
+/// generated into the data folder.
+fn token_sealer(settings: &Settings) -> anyhow::Result<Arc<TokenSealer>> {
+    let secret = match settings.token_sealing_secret()? {
+        SealingSecret::Configured(secret) => secret,
+        SealingSecret::Generated { secret, path } => {
+            if matches!(settings.database.target()?, config::DatabaseTarget::Mysql { .. }) {
+                tracing::warn!(
+                    key_file = %path.display(),
+                    "TOKEN_SEALING_KEY is not set: using a key of this host's own; replicas \
+                     must share one (set TOKEN_SEALING_KEY_FILE) or replays across them fail"
+                );
+            }
+            secret
+        }
+        SealingSecret::Ephemeral { secret, path, error } => {
+            tracing::warn!(
+                key_file = %path.display(),
+                %error,
+                "TOKEN_SEALING_KEY is not set and no key file can be kept: sealing with a key \
+                 of this process only; after a restart, or on another replica, replays of \
+                 earlier creates answer 409. Set TOKEN_SEALING_KEY_FILE"
+            );
+            secret
+        }
+    };
+    Ok(Arc::new(TokenSealer::new(secret.as_bytes()).context("TOKEN_SEALING_KEY")?))
 }
 
 /// Forgets idempotency keys and change events once they are older than they are needed.

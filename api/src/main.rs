@@ -54,7 +54,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let applied = Db::new(&settings.database)?.migrate().await?;
+    let applied = Db::new(&settings.database, settings.db_lock_timeout())?.migrate().await?;
     if applied.is_empty() {
         tracing::info!("the database schema is up to date");
     } else {

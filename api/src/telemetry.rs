@@ -4,14 +4,13 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
-use crate::error::{PROBLEM_JSON, problem_response, problem_type};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -62,49 +61,14 @@ pub async fn metrics_upkeep() {
     }
 }
 
-/// Runs the request with its id in scope and turns every error response that is not JSON
-/// yet (axum's 405, tower-http's 413 and timeout, a caught panic) into a problem document.
+/// Runs the request with its id in scope, for its log lines and its problem documents.
 pub async fn request_context(request: Request, next: Next) -> Response {
     let id = request_id(request.headers());
-    REQUEST_ID
-        .scope(id, async move {
-            let response = next.run(request).await;
-            let status = response.status();
-            if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
-                let detail = match status {
-                    StatusCode::SERVICE_UNAVAILABLE => {
-                        "The request did not complete within the server's time limit.".to_owned()
-                    }
-                    StatusCode::PAYLOAD_TOO_LARGE => {
-                        "The request body is larger than the server accepts.".to_owned()
-                    }
-                    StatusCode::METHOD_NOT_ALLOWED => {
-                        "This method is not allowed on this resource.".to_owned()
-                    }
-                    StatusCode::INTERNAL_SERVER_ERROR => "An unexpected error occurred.".to_owned(),
-                    other => other.canonical_reason().unwrap_or("Error").to_owned(),
-                };
-                let mut problem = problem_response(status, problem_type(status), detail, None);
-                if let Some(allow) = response.headers().get(header::ALLOW) {
-                    problem.headers_mut().insert(header::ALLOW, allow.clone());
-                }
-                return problem;
-            }
-            response
-        })
-        .await
+    REQUEST_ID.scope(id, next.run(request)).await
 }
 
 fn request_id(headers: &HeaderMap) -> String {
     headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
-}
-
-fn is_json(response: &Response) -> bool {
-    response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with(PROBLEM_JSON))
 }
 
 /// Counts requests by route and status and records their latency.

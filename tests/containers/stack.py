@@ -129,7 +129,8 @@ class Compose:
         return result
 
     def container(self, service: str) -> str:
-        return self("ps", "-q", service).stdout.strip()
+        # --all: a container that is restarting or has exited is listed too.
+        return self("ps", "--all", "-q", service).stdout.strip()
 
     def inspect(self, service: str) -> dict:
         return json.loads(self.engine.docker("inspect", self.container(service)).stdout)[0]

@@ -76,8 +76,12 @@ def test_a_version_that_never_turns_healthy_is_rejected_while_v2_serves(prod, im
 
 
 def test_a_version_that_fails_the_smoke_test_is_switched_back(prod, images, engine, load):
-    # Healthy, but refuses the smoke test's message as too long.
-    broken_version(engine, images["registry"], "rejects-posts", "ENV MAX_MESSAGE_CHARS=5")
+    # Healthy, but refuses the smoke test's message as too long. Set by the entrypoint:
+    # compose passes the MAX_MESSAGE_CHARS of .env (empty: the default) over an image's ENV.
+    broken_version(engine, images["registry"], "rejects-posts",
+                   'ENTRYPOINT ["/bin/sh", "-c", "MAX_MESSAGE_CHARS=5 exec messages-api \\"$@\\"", "messages-api"]\n'
+                   # A new ENTRYPOINT clears the inherited CMD.
+                   'CMD ["serve"]')
     deploy = prod.script("deploy", "rejects-posts", check=False)
     summary = load.stop()
     assert deploy.returncode == 1

@@ -42,9 +42,10 @@ def test_the_api_binary_finds_every_library_it_links(engine, images):
 def test_the_web_image_renders_its_template_with_the_defaults(engine, images):
     """The entrypoint sources the defaults, renders the template and nginx accepts it."""
     image = f"{images['registry']}/messages-web:v1"
+    # The entrypoint prepares the config only for an nginx command, as upstream's does.
     result = engine.docker(
-        "run", "--rm", "-e", "API_UPSTREAM=127.0.0.1:9", image,
-        "sh", "-c", "nginx -t -g 'pid /tmp/nginx.pid;' 2>&1 && cat /etc/nginx/conf.d/default.conf",
+        "run", "--rm", "-e", "API_UPSTREAM=127.0.0.1:9", "--entrypoint", "sh", image, "-c",
+        "/docker-entrypoint.sh nginx -t -g 'pid /tmp/nginx.pid;' 2>&1 && cat /etc/nginx/conf.d/default.conf",
     )
     rendered = result.stdout
     assert "syntax is ok" in rendered

@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::dsl::{max, min};
 use diesel::prelude::*;
 
-use super::messages::MessageRow;
+use super::models::MessageRow;
 use super::schema::{message_events, messages};
 use super::{DbConnection, DbError};
 

@@ -7,20 +7,12 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::BigInt;
 
 use super::events::{self, EventKind};
+use super::models::MessageRow;
 use super::schema::{idempotency_keys, messages};
-use super::{DbConnection, DbError};
+use super::{CommitGate, DbConnection, DbError};
 
 /// How long an Idempotency-Key is remembered.
 pub const IDEMPOTENCY_TTL: TimeDelta = TimeDelta::hours(24);
-
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = messages)]
-pub struct MessageRow {
-    pub id: i64,
-    pub message: String,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-}
 
 /// One page, newest first; `has_more` tells whether older rows exist.
 #[derive(Debug)]
@@ -99,13 +91,14 @@ pub fn edit_token_hash(
 /// instead of failing to upgrade a read lock.
 pub fn create(
     conn: &mut DbConnection,
+    gate: &CommitGate,
     new: &NewMessage<'_>,
     idempotency: Option<&IdempotencyRecord>,
 ) -> Result<Created, DbError> {
     // A remembered key can expire and vanish between the failed insert and the lookup.
     const ATTEMPTS: usize = 3;
     for _ in 0..ATTEMPTS {
-        match insert(conn, new, idempotency) {
+        match insert(conn, gate, new, idempotency) {
             Ok(row) => return Ok(Created::New(row)),
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
                 let record = idempotency.expect("only idempotency keys are unique");
@@ -121,6 +114,7 @@ pub fn create(
 
 fn insert(
     conn: &mut DbConnection,
+    gate: &CommitGate,
     new: &NewMessage<'_>,
     idempotency: Option<&IdempotencyRecord>,
 ) -> QueryResult<MessageRow> {
@@ -146,6 +140,7 @@ fn insert(
                 ))
                 .execute(conn)?;
         }
+        gate.enter()?;
         Ok(MessageRow {
             id,
             message: new.text.to_owned(),
@@ -204,6 +199,7 @@ fn last_insert_id(conn: &mut DbConnection) -> QueryResult<i64> {
 /// Replaces the text; `None` when the message does not exist (any more).
 pub fn update(
     conn: &mut DbConnection,
+    gate: &CommitGate,
     id: i64,
     text: &str,
     now: NaiveDateTime,
@@ -216,16 +212,24 @@ pub fn update(
             return Ok(None);
         }
         events::record(conn, EventKind::Updated, id, now)?;
-        messages::table.find(id).select(MessageRow::as_select()).first(conn).optional()
+        let row = messages::table.find(id).select(MessageRow::as_select()).first(conn)?;
+        gate.enter()?;
+        Ok::<_, DieselError>(Some(row))
     })?)
 }
 
 /// Deletes the message; false when it did not exist.
-pub fn delete(conn: &mut DbConnection, id: i64, now: NaiveDateTime) -> Result<bool, DbError> {
+pub fn delete(
+    conn: &mut DbConnection,
+    gate: &CommitGate,
+    id: i64,
+    now: NaiveDateTime,
+) -> Result<bool, DbError> {
     Ok(conn.transaction(|conn| {
         let deleted = diesel::delete(messages::table.find(id)).execute(conn)? > 0;
         if deleted {
             events::record(conn, EventKind::Deleted, id, now)?;
+            gate.enter()?;
         }
         Ok::<_, DieselError>(deleted)
     })?)

@@ -3,10 +3,12 @@
 
 pub mod events;
 pub mod messages;
+pub mod models;
 pub mod schema;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -30,8 +32,8 @@ const MIGRATION_LOCK_WAIT_SECS: u32 = 120;
 /// A checkout that takes this long had to wait for a connection to come free.
 const CHECKOUT_WAIT: Duration = Duration::from_millis(1);
 
-/// How long SQLite waits for a competing writer before giving up.
-const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+/// The longest SQLite waits for a competing writer, when requests may wait longer.
+const SQLITE_BUSY_TIMEOUT_MS: u128 = 5000;
 
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
@@ -44,6 +46,20 @@ pub enum DbError {
     /// The database cannot be reached or is not ready: the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// Another transaction held what this one needed for too long; it was rolled back and
+    /// the connection is fine. The client may retry.
+    #[error("{0}")]
+    Busy(String),
+    /// The request stopped waiting before the work committed; it was rolled back.
+    #[error("the request stopped waiting; the work was rolled back")]
+    Abandoned,
+    /// The connection failed after the commit was sent: the change may or may not be saved.
+    #[error(
+        "The database connection failed while the change was being committed: it may or may \
+         not have been saved. Repeat a create only with the same Idempotency-Key; read the \
+         message back before repeating an edit or a delete."
+    )]
+    OutcomeUnknown,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -52,13 +68,18 @@ impl From<DieselError> for DbError {
     fn from(error: DieselError) -> Self {
         if is_connection_lost(&error) {
             Self::Unavailable("The database is unreachable; try again shortly.".into())
+        } else if is_contention(&error) {
+            Self::Busy("The database is busy; try again shortly.".into())
+        } else if matches!(error, DieselError::RollbackTransaction) {
+            // Only `CommitGate::enter` asks for a rollback.
+            Self::Abandoned
         } else {
             Self::Other(error.into())
         }
     }
 }
 
-/// Errors after which the connection is unusable (server gone, restarted, or locked).
+/// Errors after which the connection is unusable (server gone, restarted, or killed it).
 fn is_connection_lost(error: &DieselError) -> bool {
     match error {
         DieselError::DatabaseError(
@@ -69,21 +90,136 @@ fn is_connection_lost(error: &DieselError) -> bool {
         DieselError::RollbackErrorOnCommit { rollback_error, commit_error } => {
             is_connection_lost(rollback_error) || is_connection_lost(commit_error)
         }
-        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
-            let message = info.message();
-            [
-                "gone away",
-                "Lost connection",
-                "Can't connect",
-                "server closed the connection",
-                "database is locked",
-                "Server shutdown in progress",
-                "Connection was killed",
-            ]
-            .iter()
-            .any(|needle| message.contains(needle))
-        }
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => [
+            "gone away",
+            "Lost connection",
+            "Can't connect",
+            "server closed the connection",
+            "Server shutdown in progress",
+            "Connection was killed",
+        ]
+        .iter()
+        .any(|needle| info.message().contains(needle)),
         _ => false,
+    }
+}
+
+/// Errors of a transaction that waited too long for a lock or lost a deadlock: rolled back,
+/// worth retrying, and the connection stays good. SQLite's "database is locked" is one.
+fn is_contention(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => [
+            "database is locked",
+            "database table is locked",
+            "Lock wait timeout exceeded",
+            "Deadlock found",
+        ]
+        .iter()
+        .any(|needle| info.message().contains(needle)),
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => is_contention(commit_error),
+        _ => false,
+    }
+}
+
+/// Where one piece of database work stands. The request that waits for it and the blocking
+/// thread that does it move it on with compare-and-swap, so exactly one of them decides
+/// whether a write commits after its request stopped waiting.
+#[derive(Debug, Default)]
+struct Ticket(AtomicU8);
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const COMMITTING: u8 = 2;
+const ABANDONED: u8 = 3;
+
+impl Ticket {
+    /// The blocking thread takes the work up; false once the request gave up on it.
+    fn start(&self) -> bool {
+        self.0.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ABANDONED
+    }
+
+    /// The request gives up on work that has not started; false if it has.
+    fn abandon_queued(&self) -> bool {
+        self.0.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// A connection lost once the commit was under way leaves its outcome unknown; other
+    /// results stand.
+    fn settle<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
+        match result {
+            Err(DbError::Unavailable(_)) if self.0.load(Ordering::Acquire) == COMMITTING => {
+                Err(DbError::OutcomeUnknown)
+            }
+            other => other,
+        }
+    }
+
+    /// The request gives up. True when a commit may be under way or done, so that the
+    /// outcome of the work is unknown; otherwise the work will not commit.
+    fn abandon(&self) -> bool {
+        let before = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+            (state != COMMITTING).then_some(ABANDONED)
+        });
+        before == Err(COMMITTING)
+    }
+}
+
+/// Handed to write queries: the last step of their transaction, before the commit.
+pub struct CommitGate(Arc<Ticket>);
+
+impl CommitGate {
+    /// Lets the transaction commit, unless its request gave up on it: then the transaction
+    /// rolls back, so that a request that was answered "try again" has changed nothing.
+    pub fn enter(&self) -> diesel::QueryResult<()> {
+        let ticket = &self.0;
+        match ticket.0.compare_exchange(RUNNING, COMMITTING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(DieselError::RollbackTransaction),
+        }
+    }
+}
+
+/// Whether a write of the current request was committing when the request stopped waiting
+/// for it (its time limit passed), so that the answer can say the outcome is unknown.
+#[derive(Debug, Clone, Default)]
+pub struct CommitWatch(Arc<AtomicBool>);
+
+tokio::task_local! {
+    static COMMIT_WATCH: CommitWatch;
+}
+
+impl CommitWatch {
+    /// Runs a request's work with this watch in scope.
+    pub async fn scope<F: Future>(&self, work: F) -> F::Output {
+        COMMIT_WATCH.scope(self.clone(), work).await
+    }
+
+    /// True when a write may have committed although nobody waited for its result.
+    pub fn outcome_unknown(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Held by the request while it waits: if the request is dropped (its time limit passed, or
+/// the client left), the work is given up, and a commit already under way is reported.
+struct Waiting {
+    ticket: Arc<Ticket>,
+    watch: Option<CommitWatch>,
+    done: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.done
+            && self.ticket.abandon()
+            && let Some(watch) = &self.watch
+        {
+            watch.0.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -95,23 +231,29 @@ pub struct PooledConnection {
 
 pub struct ConnectionManager {
     target: DatabaseTarget,
+    /// How long a statement may wait for a lock before the server gives up on it.
+    lock_timeout: Duration,
 }
 
 impl ConnectionManager {
     fn establish(&self) -> Result<DbConnection, ConnectionError> {
         match &self.target {
             DatabaseTarget::Mysql { url } => {
-                MysqlConnection::establish(url).map(DbConnection::Mysql)
+                let mut conn = MysqlConnection::establish(url)?;
+                conn.batch_execute(&mysql_session_limits(self.lock_timeout))
+                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                Ok(DbConnection::Mysql(conn))
             }
             DatabaseTarget::Sqlite { path } => {
                 let path = path.to_str().ok_or_else(|| {
                     ConnectionError::InvalidConnectionUrl("SQLite path is not UTF-8".into())
                 })?;
                 let mut conn = SqliteConnection::establish(path)?;
+                let busy_timeout_ms = self.lock_timeout.as_millis().min(SQLITE_BUSY_TIMEOUT_MS);
                 // WAL lets readers run beside the writer; synchronous=FULL makes every
                 // acknowledged commit durable even on power loss.
                 conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
+                    "PRAGMA busy_timeout = {busy_timeout_ms};
                      PRAGMA journal_mode = WAL;
                      PRAGMA synchronous = FULL;
                      PRAGMA foreign_keys = ON;"
@@ -121,6 +263,14 @@ impl ConnectionManager {
             }
         }
     }
+}
+
+/// The server gives up a statement that waits longer than a request may for a row lock
+/// (InnoDB) or a table lock (metadata), and rolls it back: a request that timed out does
+/// not leave work behind that holds a thread and a connection, or commits much later.
+fn mysql_session_limits(lock_timeout: Duration) -> String {
+    let secs = lock_timeout.as_secs().max(1);
+    format!("SET SESSION innodb_lock_wait_timeout = {secs}, lock_wait_timeout = {secs}")
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
@@ -162,13 +312,18 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pool: r2d2::Pool<ConnectionManager>,
+    /// The longest a request waits for a connection: queued for a blocking thread and
+    /// checking one out, together.
+    wait_limit: Duration,
+    lock_timeout: Duration,
     ready: Arc<AtomicBool>,
     backend: Backend,
 }
 
 impl Db {
-    /// Creates the pool without connecting: the database may come up later.
-    pub fn new(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+    /// Creates the pool without connecting: the database may come up later. Statements
+    /// waiting for a lock longer than `lock_timeout` are given up by the server.
+    pub fn new(settings: &DatabaseSettings, lock_timeout: Duration) -> anyhow::Result<Self> {
         let target = settings.target()?;
         let backend = match &target {
             DatabaseTarget::Mysql { .. } => Backend::Mysql,
@@ -188,8 +343,14 @@ impl Db {
             // on every checkout would double the round trips of every request.
             .test_on_check_out(false)
             .error_handler(Box::new(QuietErrorHandler))
-            .build_unchecked(ConnectionManager { target });
-        Ok(Self { pool, ready: Arc::new(AtomicBool::new(false)), backend })
+            .build_unchecked(ConnectionManager { target, lock_timeout });
+        Ok(Self {
+            pool,
+            wait_limit: settings.pool_timeout(),
+            lock_timeout,
+            ready: Arc::new(AtomicBool::new(false)),
+            backend,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -201,11 +362,21 @@ impl Db {
     }
 
     /// Runs blocking diesel work on the blocking thread pool, with a pooled connection.
-    /// Every query of the service goes through here.
+    /// Every read of the service goes through here.
     pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.write(|conn, _| work(conn)).await
+    }
+
+    /// Like `run`, for work that changes data: its transactions end with `CommitGate::enter`,
+    /// which rolls them back if the request stopped waiting first.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
     {
         if !self.is_ready() {
             return Err(DbError::Unavailable("The database is not ready yet.".into()));
@@ -213,32 +384,63 @@ impl Db {
         self.run_unchecked(work).await
     }
 
+    /// The blocking helper. One deadline covers the wait for a blocking thread and the
+    /// checkout: the blocking threads are as many as the connections, so in an outage later
+    /// work queues behind checkouts that are timing out, where the pool's timeout alone
+    /// would not bound the wait.
     async fn run_unchecked<T, F>(&self, work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
     {
+        let deadline = Instant::now() + self.wait_limit;
+        let ticket = Arc::new(Ticket::default());
         let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = checkout(&pool)?;
-            let result = work(&mut conn.conn);
+        let gate = CommitGate(ticket.clone());
+        let mut task = tokio::task::spawn_blocking(move || {
+            if !gate.0.start() {
+                return Err(DbError::Abandoned);
+            }
+            let mut conn = checkout(&pool, deadline)?;
+            if gate.0.is_abandoned() {
+                return Err(DbError::Abandoned);
+            }
+            let result = work(&mut conn.conn, &gate);
             if matches!(result, Err(DbError::Unavailable(_))) {
                 conn.broken = true;
             }
-            result
-        })
-        .await
-        .map_err(|e| DbError::Other(anyhow!("database task failed: {e}")))?
+            gate.0.settle(result)
+        });
+        let mut waiting =
+            Waiting { ticket, watch: COMMIT_WATCH.try_with(Clone::clone).ok(), done: false };
+        let joined = tokio::select! {
+            biased;
+            joined = &mut task => joined,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if waiting.ticket.abandon_queued() {
+                    waiting.done = true;
+                    metrics::counter!("db_pool_checkout_timeouts_total").increment(1);
+                    return Err(no_connection("no thread came free in time"));
+                }
+                (&mut task).await
+            }
+        };
+        waiting.done = true;
+        joined.map_err(|e| DbError::Other(anyhow!("database task failed: {e}")))?
     }
 
     /// True when the database answers a trivial query now.
     pub async fn ping(&self) -> bool {
-        self.run_unchecked(|conn| conn.ping().map(|_| ()).map_err(DbError::from)).await.is_ok()
+        self.run_unchecked(|conn, _| conn.ping().map(|_| ()).map_err(DbError::from)).await.is_ok()
     }
 
     /// Runs pending migrations; replicas starting together take turns.
     pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
-        self.run_unchecked(|conn| run_migrations(conn).map_err(DbError::Other)).await
+        let lock_timeout = self.lock_timeout;
+        self.run_unchecked(move |conn, _| {
+            run_migrations(conn, lock_timeout).map_err(DbError::Other)
+        })
+        .await
     }
 
     /// Waits for the database (with backoff), migrating it if asked, then marks it ready.
@@ -278,11 +480,17 @@ impl Db {
     }
 }
 
+fn no_connection(reason: impl std::fmt::Display) -> DbError {
+    DbError::Unavailable(format!("No database connection is available ({reason})."))
+}
+
+/// Checks a connection out, waiting at most until `deadline`.
 fn checkout(
     pool: &r2d2::Pool<ConnectionManager>,
+    deadline: Instant,
 ) -> Result<r2d2::PooledConnection<ConnectionManager>, DbError> {
     let started = Instant::now();
-    let conn = pool.get();
+    let conn = pool.get_timeout(deadline.saturating_duration_since(started));
     let waited = started.elapsed();
     metrics::histogram!("db_pool_checkout_seconds").record(waited.as_secs_f64());
     if waited >= CHECKOUT_WAIT {
@@ -290,11 +498,11 @@ fn checkout(
     }
     conn.map_err(|error| {
         metrics::counter!("db_pool_checkout_timeouts_total").increment(1);
-        DbError::Unavailable(format!("No database connection is available ({error})."))
+        no_connection(error)
     })
 }
 
-fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<Vec<String>> {
+fn run_migrations(conn: &mut DbConnection, lock_timeout: Duration) -> anyhow::Result<Vec<String>> {
     let names = |versions: Vec<diesel::migration::MigrationVersion<'_>>| {
         versions.into_iter().map(|v| v.to_string()).collect::<Vec<_>>()
     };
@@ -309,7 +517,13 @@ fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<Vec<String>> {
             if locked != Some(1) {
                 anyhow::bail!("another replica held the migration lock for too long");
             }
+            // Schema changes may wait for other sessions' table locks longer than a
+            // request may: the server's defaults apply while migrating.
+            conn.batch_execute(
+                "SET SESSION innodb_lock_wait_timeout = DEFAULT, lock_wait_timeout = DEFAULT",
+            )?;
             let result = conn.run_pending_migrations(MYSQL_MIGRATIONS).map(names);
+            conn.batch_execute(&mysql_session_limits(lock_timeout))?;
             conn.batch_execute(&format!("DO RELEASE_LOCK('{MIGRATION_LOCK}')"))?;
             result.map_err(|e| anyhow!("migration failed: {e}"))
         }
@@ -319,5 +533,109 @@ fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<Vec<String>> {
                 .map(names)
                 .map_err(|e| anyhow!("migration failed: {e}"))
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> DieselError {
+        DieselError::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn a_server_that_went_away_is_a_lost_connection() {
+        for message in [
+            "MySQL server has gone away",
+            "Lost connection to MySQL server during query",
+            "Can't connect to server on '127.0.0.1' (111)",
+            "Server shutdown in progress",
+            "Connection was killed",
+        ] {
+            let error = database_error(DatabaseErrorKind::Unknown, message);
+            assert!(is_connection_lost(&error), "{message}");
+            assert!(matches!(DbError::from(error), DbError::Unavailable(_)), "{message}");
+        }
+        assert!(is_connection_lost(&database_error(DatabaseErrorKind::ClosedConnection, "")));
+        assert!(is_connection_lost(&DieselError::BrokenTransactionManager));
+        let on_commit = DieselError::RollbackErrorOnCommit {
+            rollback_error: Box::new(database_error(DatabaseErrorKind::Unknown, "x")),
+            commit_error: Box::new(database_error(DatabaseErrorKind::Unknown, "gone away")),
+        };
+        assert!(is_connection_lost(&on_commit));
+    }
+
+    #[test]
+    fn a_locked_sqlite_database_is_contention_not_a_lost_connection() {
+        let error = database_error(DatabaseErrorKind::Unknown, "database is locked");
+        assert!(!is_connection_lost(&error));
+        assert!(is_contention(&error));
+        assert!(matches!(DbError::from(error), DbError::Busy(_)));
+    }
+
+    #[test]
+    fn lock_waits_and_deadlocks_are_contention() {
+        for message in [
+            "Lock wait timeout exceeded; try restarting transaction",
+            "Deadlock found when trying to get lock; try restarting transaction",
+        ] {
+            let error = database_error(DatabaseErrorKind::Unknown, message);
+            assert!(!is_connection_lost(&error) && is_contention(&error), "{message}");
+        }
+    }
+
+    #[test]
+    fn query_errors_are_neither() {
+        for error in [
+            DieselError::NotFound,
+            database_error(DatabaseErrorKind::UniqueViolation, "Duplicate entry"),
+            database_error(DatabaseErrorKind::Unknown, "Table 'messages' doesn't exist"),
+        ] {
+            assert!(!is_connection_lost(&error) && !is_contention(&error), "{error}");
+            assert!(matches!(DbError::from(error), DbError::Other(_)));
+        }
+    }
+
+    #[test]
+    fn a_rollback_requested_by_the_gate_is_abandoned_work() {
+        assert!(matches!(DbError::from(DieselError::RollbackTransaction), DbError::Abandoned));
+    }
+
+    #[test]
+    fn work_given_up_before_it_starts_never_runs() {
+        let ticket = Ticket::default();
+        assert!(ticket.abandon_queued());
+        assert!(!ticket.start());
+    }
+
+    #[test]
+    fn work_given_up_while_running_rolls_back_at_the_gate() {
+        let gate = CommitGate(Arc::default());
+        assert!(gate.0.start());
+        assert!(!gate.0.abandon_queued(), "running work is not queued any more");
+        assert!(!gate.0.abandon(), "nothing committed: the outcome is known");
+        assert!(matches!(gate.enter(), Err(DieselError::RollbackTransaction)));
+    }
+
+    #[test]
+    fn a_connection_lost_during_the_commit_leaves_the_outcome_unknown() {
+        let lost = || Err::<(), _>(DbError::Unavailable("gone away".into()));
+        let gate = CommitGate(Arc::default());
+        assert!(gate.0.start());
+        assert!(matches!(gate.0.settle(lost()), Err(DbError::Unavailable(_))), "before the commit");
+        assert!(gate.enter().is_ok());
+        assert!(matches!(gate.0.settle(lost()), Err(DbError::OutcomeUnknown)));
+        let busy = Err::<(), _>(DbError::Busy("rolled back".into()));
+        assert!(matches!(gate.0.settle(busy), Err(DbError::Busy(_))), "a refused commit is known");
+        assert!(gate.0.settle(Ok(())).is_ok());
+    }
+
+    #[test]
+    fn work_given_up_while_committing_has_an_unknown_outcome() {
+        let gate = CommitGate(Arc::default());
+        assert!(gate.0.start());
+        assert!(gate.enter().is_ok());
+        assert!(gate.0.abandon(), "the commit may land");
     }
 }

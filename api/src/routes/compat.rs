@@ -5,7 +5,6 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::messages::create;
 use super::{ApiForm, AppState};
 use crate::domain::MessageText;
 use crate::error::{ApiError, Problem};
@@ -35,15 +34,17 @@ pub struct Submitted {
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not a form body", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid message", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or busy, or the time limit passed before anything was saved: nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the message was being committed: it may or may not exist (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn submit(
     State(state): State<AppState>,
     ApiForm(form): ApiForm<SubmitForm>,
 ) -> Result<Json<Submitted>, ApiError> {
-    let text =
-        MessageText::parse(&form.new_message, state.limits.max_message_chars, "new_message")?;
-    let (message, _token) = create(&state, text, None).await?;
-    Ok(Json(Submitted { message: message.message }))
+    let text = MessageText::parse(&form.new_message, state.limits.max_message_chars)
+        .map_err(|e| ApiError::invalid("new_message", e))?;
+    let created = state.messages.create(text, None).await?;
+    Ok(Json(Submitted { message: created.message.message }))
 }

@@ -1,43 +1,33 @@
 //! `/api/messages`: list, create, read, edit and delete messages.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize, Serializer};
-use serde_json::Value;
+use axum_extra::TypedHeader;
+use axum_extra::headers::Authorization;
+use axum_extra::headers::authorization::Bearer;
+use axum_extra::typed_header::TypedHeaderRejection;
+use chrono::{DateTime, Utc};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiQuery, AppState};
-use crate::db::messages::{self as queries, Created, IdempotencyRecord, MessageRow, NewMessage};
+use super::{ApiJson, ApiPath, ApiQuery, AppState};
+use crate::db::messages as queries;
 use crate::domain::{
-    Cursor, EditToken, IdempotencyKey, MessageText, hash_token, hashes_match, now, parse_id,
-    request_hash,
+    Cursor, IdempotencyKey, MessageId, MessageText, hash_token, hashes_match, now,
 };
 use crate::error::{ApiError, Problem};
+use crate::views::{Message, rfc3339};
 
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// A message as clients see it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Message {
-    #[schema(example = 42)]
-    pub id: i64,
-    #[schema(example = "Hello from the two-tier app!")]
-    pub message: String,
-    /// When the message was posted (UTC).
-    #[serde(serialize_with = "rfc3339")]
-    pub created_at: DateTime<Utc>,
-    /// When the text last changed (UTC); equals `created_at` until the first edit.
-    #[serde(serialize_with = "rfc3339")]
-    pub updated_at: DateTime<Utc>,
-}
+/// The `Authorization: Bearer` header, or why it is not usable; checked after the body.
+type BearerHeader = Result<TypedHeader<Authorization<Bearer>>, TypedHeaderRejection>;
 
 /// The answer to a create: the message and the token that can edit or delete it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -64,14 +54,57 @@ pub struct MessagePage {
 }
 
 /// The body of a create or edit.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
+// Read by ToSchema (`additionalProperties: false`); the Deserialize below enforces it.
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Documents the body; requests are parsed field by field for clear errors.
 pub struct MessageInput {
     /// The text: trimmed, then 1 to MAX_MESSAGE_CHARS (default 1000) characters; see
     /// `GET /api/limits`.
     #[schema(min_length = 1, example = "Hello from the two-tier app!")]
     pub message: String,
+}
+
+/// Only a JSON object: serde's derive would also take `["text"]` as a struct.
+impl<'de> Deserialize<'de> for MessageInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+
+        impl<'de> Visitor<'de> for Fields {
+            type Value = MessageInput;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("struct MessageInput")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageInput, A::Error> {
+                let mut message = None;
+                let mut unknown = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "message" {
+                        message = Some(map.next_value()?);
+                    } else {
+                        // Read in full (strings checked as UTF-8): malformed JSON anywhere in
+                        // the body is a 400 before an unknown field is a 422.
+                        map.next_value::<serde_json::Value>()?;
+                        unknown.get_or_insert(key);
+                    }
+                }
+                if let Some(key) = unknown {
+                    return Err(de::Error::unknown_field(&key, &["message"]));
+                }
+                let message = message.ok_or_else(|| de::Error::missing_field("message"))?;
+                Ok(MessageInput { message })
+            }
+        }
+
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+impl MessageInput {
+    fn text(&self, max_chars: u32) -> Result<MessageText, ApiError> {
+        MessageText::parse(&self.message, max_chars).map_err(|e| ApiError::invalid("message", e))
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -82,25 +115,6 @@ pub struct ListParams {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-fn rfc3339<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Micros, true))
-}
-
-fn utc(time: NaiveDateTime) -> DateTime<Utc> {
-    time.and_utc()
-}
-
-impl From<MessageRow> for Message {
-    fn from(row: MessageRow) -> Self {
-        Self {
-            id: row.id,
-            message: row.message,
-            created_at: utc(row.created_at),
-            updated_at: utc(row.updated_at),
-        }
-    }
 }
 
 /// Lists messages newest first, one page at a time.
@@ -153,20 +167,23 @@ pub async fn list_messages(
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key created a message before an upgrade, and its edit token can no longer be replayed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid message, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or busy, or the time limit passed before anything was saved: nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the message was being committed: it may or may not exist. Retry only with the same Idempotency-Key (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_message(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body): ApiJson<MessageInput>,
 ) -> Result<Response, ApiError> {
     let key =
         headers.get(IDEMPOTENCY_KEY).map(|v| IdempotencyKey::parse(v.as_bytes())).transpose()?;
-    let text = parse_input(body, state.limits.max_message_chars)?;
-    let (message, token) = create(&state, text, key).await?;
-    let token_replayed = token.replayed;
+    let text = body.text(state.limits.max_message_chars)?;
+    let created = state.messages.create(text, key).await?;
+    let message = created.message;
     let location = HeaderValue::try_from(format!("/api/messages/{}", message.id))
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut response = (
@@ -177,67 +194,14 @@ pub async fn create_message(
             message: message.message,
             created_at: message.created_at,
             updated_at: message.updated_at,
-            edit_token: token.value,
+            edit_token: created.edit_token,
         }),
     )
         .into_response();
-    if token_replayed {
+    if created.replayed {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
-}
-
-/// An edit token handed to the client, and whether it comes from an earlier identical
-/// request.
-pub struct IssuedToken {
-    pub value: String,
-    pub replayed: bool,
-}
-
-/// Stores a new message (or finds the one an identical earlier request stored).
-pub async fn create(
-    state: &AppState,
-    text: MessageText,
-    key: Option<IdempotencyKey>,
-) -> Result<(Message, IssuedToken), ApiError> {
-    let token = EditToken::generate();
-    let record = key.as_ref().map(|key| IdempotencyRecord {
-        key_hash: key.lookup_hash(),
-        request_hash: request_hash(&text),
-        token_cipher: token.seal(key),
-    });
-    let token_hash = token.hash();
-    let stored_text = text.clone();
-    let outcome = state
-        .db
-        .run(move |conn| {
-            let new =
-                NewMessage { text: stored_text.as_str(), edit_token_hash: &token_hash, now: now() };
-            queries::create(conn, &new, record.as_ref())
-        })
-        .await?;
-    match outcome {
-        Created::New(row) => {
-            state.events.wake();
-            Ok((row.into(), IssuedToken { value: token.encode(), replayed: false }))
-        }
-        Created::Replayed { message_id, created_at, token_cipher } => {
-            let key = key.expect("only a request with a key is replayed");
-            let token = EditToken::unseal(&token_cipher, &key).ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("stored edit token is corrupt"))
-            })?;
-            let message = Message {
-                id: message_id,
-                message: text.as_str().to_owned(),
-                created_at: utc(created_at),
-                updated_at: utc(created_at),
-            };
-            Ok((message, IssuedToken { value: token.encode(), replayed: true }))
-        }
-        Created::KeyReused => Err(ApiError::IdempotencyKeyReused(
-            "This Idempotency-Key was already used with a different request body.".into(),
-        )),
-    }
 }
 
 /// Reads one message.
@@ -255,9 +219,9 @@ pub async fn create(
 )]
 pub async fn get_message(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Message>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = MessageId::parse(id)?.get();
     let row = state.db.run(move |conn| queries::get(conn, id)).await?;
     row.map(|row| Json(row.into())).ok_or_else(|| not_found(id))
 }
@@ -281,18 +245,22 @@ pub async fn get_message(
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid message", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the edit was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_message(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
+    ApiPath(id): ApiPath<i64>,
+    bearer: BearerHeader,
+    ApiJson(body): ApiJson<MessageInput>,
 ) -> Result<Json<Message>, ApiError> {
-    let id = parse_id(&id)?;
-    authorize(&state, id, &headers).await?;
-    let text = parse_input(body, state.limits.max_message_chars)?;
-    let row = state.db.run(move |conn| queries::update(conn, id, text.as_str(), now())).await?;
+    let id = MessageId::parse(id)?.get();
+    authorize(&state, id, bearer).await?;
+    let text = body.text(state.limits.max_message_chars)?;
+    let row = state
+        .db
+        .write(move |conn, gate| queries::update(conn, gate, id, text.as_str(), now()))
+        .await?;
     state.events.wake();
     row.map(|row| Json(row.into())).ok_or_else(|| not_found(id))
 }
@@ -312,16 +280,17 @@ pub async fn update_message(
         (status = 403, description = "The token does not open this message", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The time limit passed, or the database connection failed, while the delete was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_message(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    ApiPath(id): ApiPath<i64>,
+    bearer: BearerHeader,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id)?;
-    authorize(&state, id, &headers).await?;
-    if state.db.run(move |conn| queries::delete(conn, id, now())).await? {
+    let id = MessageId::parse(id)?.get();
+    authorize(&state, id, bearer).await?;
+    if state.db.write(move |conn, gate| queries::delete(conn, gate, id, now())).await? {
         state.events.wake();
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -335,8 +304,8 @@ fn not_found(id: i64) -> ApiError {
 
 /// Checks the bearer token against the message's edit token and the admin token:
 /// 401 without a token, 404 without the message, 403 with a token that does not fit.
-async fn authorize(state: &AppState, id: i64, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = hash_token(bearer_token(headers)?);
+async fn authorize(state: &AppState, id: i64, bearer: BearerHeader) -> Result<(), ApiError> {
+    let presented = hash_token(bearer_token(&bearer)?);
     if state.admin_token_hash.as_deref().is_some_and(|admin| hashes_match(admin, &presented)) {
         let exists = state.db.run(move |conn| queries::get(conn, id)).await?.is_some();
         return if exists { Ok(()) } else { Err(not_found(id)) };
@@ -352,54 +321,14 @@ async fn authorize(state: &AppState, id: i64, headers: &HeaderMap) -> Result<(),
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::Unauthorized(
+fn bearer_token(bearer: &BearerHeader) -> Result<&str, ApiError> {
+    match bearer {
+        Ok(TypedHeader(Authorization(bearer))) if !bearer.token().is_empty() => Ok(bearer.token()),
+        Err(rejection) if rejection.is_missing() => Err(ApiError::Unauthorized(
             "An Authorization: Bearer header with the message's edit token is required.".into(),
-        )
-    })?;
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
-        .map(|(_, token)| token.trim())
-        .ok_or_else(|| {
-            ApiError::Unauthorized("The Authorization header must be \"Bearer <token>\".".into())
-        })
-}
-
-/// Parses `{"message": "..."}`, reporting every problem by field.
-fn parse_input(body: Value, max_chars: u32) -> Result<MessageText, ApiError> {
-    let Value::Object(mut fields) = body else {
-        return Err(ApiError::invalid("body", "must be a JSON object"));
-    };
-    let message = fields.remove("message");
-    let mut errors: BTreeMap<String, String> =
-        fields.keys().map(|k| (k.clone(), "is not a known field".to_owned())).collect();
-    let text = match message {
-        None => {
-            errors.insert("message".into(), "is required".into());
-            None
-        }
-        Some(Value::String(raw)) => match MessageText::parse(&raw, max_chars, "message") {
-            Ok(text) => Some(text),
-            Err(ApiError::Validation { errors: field_errors, .. }) => {
-                errors.extend(field_errors);
-                None
-            }
-            Err(other) => return Err(other),
-        },
-        Some(_) => {
-            errors.insert("message".into(), "must be a string".into());
-            None
-        }
-    };
-    match text {
-        Some(text) if errors.is_empty() => Ok(text),
-        _ => Err(ApiError::Validation {
-            detail: errors.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join("; "),
-            errors,
-        }),
+        )),
+        _ => Err(ApiError::Unauthorized(
+            "The Authorization header must be \"Bearer <token>\".".into(),
+        )),
     }
 }

@@ -224,6 +224,46 @@ async fn app_starts_without_its_database_and_serves_once_it_appears() {
     app.create("the database arrived").await;
 }
 
+/// A create that passes its time limit while it waits for a row lock is answered 503 with
+/// Retry-After, and that answer is true: the work is rolled back, so a retry (here with the
+/// same Idempotency-Key) creates the message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_timed_out_behind_a_row_lock_changes_nothing_and_a_retry_creates_once() {
+    let app = TestApp::spawn_with(Backend::Mysql, &["--request-timeout-secs", "1"]).await;
+    app.create("before").await;
+    let mut locker = app.db.mysql();
+    // A locking read of every row and of the gap above the last: inserts have to wait.
+    diesel::sql_query("BEGIN").execute(&mut locker).unwrap();
+    diesel::sql_query("SELECT id FROM messages FOR UPDATE").execute(&mut locker).unwrap();
+    let create = || {
+        app.client
+            .post(app.url("/api/messages"))
+            .header("Idempotency-Key", "behind-a-lock")
+            .json(&json!({"message": "exactly once"}))
+            .send()
+    };
+    let started = Instant::now();
+    let response = create().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "answered at the time limit");
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(problem["detail"].as_str().unwrap().contains("time limit"), "{problem}");
+
+    // The insert goes on once the lock is gone, and must not commit.
+    diesel::sql_query("ROLLBACK").execute(&mut locker).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let page: Value = app.get("/api/messages").await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "nothing was created: {page}");
+
+    let retry = create().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert!(retry.headers().get("idempotent-replayed").is_none(), "a new create, not a replay");
+    let replay = create().await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let page: Value = app.get("/api/messages").await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "created once: {page}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_database_work_times_out_with_503() {
     let app = TestApp::spawn_with(Backend::Mysql, &["--request-timeout-secs", "1"]).await;

@@ -18,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{AbortHandle, JoinHandle};
 
+/// The token sealing secret the test apps share unless a test passes its own.
+pub const TEST_SEALING_KEY: &str = "a token sealing secret for the tests, 32+ bytes";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -160,6 +163,11 @@ impl TestApp {
     pub async fn start(db: TestDatabase, url: &str, args: &[&str]) -> Self {
         let mut argv =
             vec!["messages-api", "--port", "0", "--database-url", url, "--log-level", "warn"];
+        // One secret for every app and replica of a test; without it a MySQL app would
+        // keep a generated one in the working folder.
+        if !args.iter().any(|a| a.starts_with("--token-sealing-key")) {
+            argv.extend(["--token-sealing-key", TEST_SEALING_KEY]);
+        }
         argv.extend_from_slice(args);
         let settings = Cli::try_parse_from(argv).expect("valid test settings").settings;
         let app = Application::build(&settings).await.expect("app builds");

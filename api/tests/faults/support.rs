@@ -39,6 +39,8 @@ impl ApiProcess {
             .env("DATABASE_URL", database_url)
             .env("LOG_FORMAT", "json")
             .env("LOG_LEVEL", "warn")
+            // Fixed, so that a restarted API opens what the killed one sealed.
+            .env("TOKEN_SEALING_KEY", "a token sealing secret for the fault tests, 32+ bytes")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
