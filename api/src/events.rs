@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{NaiveDateTime, Utc};
 use serde_json::json;
 use tokio::sync::{Notify, broadcast};
 
@@ -57,9 +58,31 @@ impl Default for EventHub {
     }
 }
 
+/// A stream's feed of live events; `messages_stream_subscribers` counts the open ones.
+pub struct Subscription(broadcast::Receiver<Arc<ChangeEvent>>);
+
+impl Subscription {
+    fn new(receiver: broadcast::Receiver<Arc<ChangeEvent>>) -> Self {
+        metrics::gauge!(SUBSCRIBERS).increment(1.0);
+        Self(receiver)
+    }
+
+    pub async fn recv(&mut self) -> Result<Arc<ChangeEvent>, broadcast::error::RecvError> {
+        self.0.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        metrics::gauge!(SUBSCRIBERS).decrement(1.0);
+    }
+}
+
+const SUBSCRIBERS: &str = "messages_stream_subscribers";
+
 impl EventHub {
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(self.sender.subscribe())
     }
 
     /// Reads the change log now: a local write does not wait for the next poll.
@@ -80,6 +103,8 @@ impl EventHub {
             }
         };
         failures.succeeded();
+        // It starts at the log's current end: nothing is waiting to be delivered.
+        record_poll(None);
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -88,21 +113,38 @@ impl EventHub {
             let (floor, limit) = (cursor.floor, (cursor.seen.len() + BATCH) as i64);
             match db.run(move |conn| events::since(conn, floor, limit)).await {
                 Ok(rows) => {
+                    let mut newest = None;
                     for row in rows {
-                        if cursor.first_sight(row.seq)
-                            && let Some(event) = ChangeEvent::from_row(row)
-                        {
+                        if !cursor.first_sight(row.seq) {
+                            continue;
+                        }
+                        newest = newest.max(Some(row.logged_at));
+                        if let Some(event) = ChangeEvent::from_row(row) {
                             // No receivers is fine: nobody is streaming right now.
                             let _ = self.sender.send(Arc::new(event));
                         }
                     }
                     cursor.advance();
                     failures.succeeded();
+                    record_poll(newest);
                 }
                 Err(error) => failures.failed(&error),
             }
         }
     }
+}
+
+/// A successful poll, for `messages_watcher_last_success_timestamp_seconds` and
+/// `messages_watcher_lag_seconds`: the lag is how long ago the newest change the poll
+/// delivered was logged, and 0 when it found nothing new (the watcher is caught up).
+fn record_poll(newest_delivered: Option<NaiveDateTime>) {
+    let now = Utc::now();
+    metrics::gauge!("messages_watcher_last_success_timestamp_seconds")
+        .set(now.timestamp_micros() as f64 / 1e6);
+    // Another replica's clock may run ahead of ours: never a negative lag.
+    let lag =
+        newest_delivered.map_or(0.0, |logged| (now.naive_utc() - logged).as_seconds_f64().max(0.0));
+    metrics::gauge!("messages_watcher_lag_seconds").set(lag);
 }
 
 /// Failed reads of the change log: each is counted (`change_log_read_errors_total`); the
