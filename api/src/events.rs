@@ -24,6 +24,10 @@ const GAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events buffered per stream before a slow reader is told to reload.
 const CHANNEL_CAPACITY: usize = 1024;
 
+pub const SUBSCRIBERS: &str = "messages_stream_subscribers";
+pub const WATCHER_LAST_SUCCESS: &str = "messages_watcher_last_success_timestamp_seconds";
+pub const WATCHER_LAG: &str = "messages_watcher_lag_seconds";
+
 /// One change, ready to be sent as a Server-Sent Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeEvent {
@@ -58,7 +62,7 @@ impl Default for EventHub {
     }
 }
 
-/// A stream's feed of live events; `messages_stream_subscribers` counts the open ones.
+/// A stream's feed of live events; the `SUBSCRIBERS` gauge counts the open ones.
 pub struct Subscription(broadcast::Receiver<Arc<ChangeEvent>>);
 
 impl Subscription {
@@ -77,8 +81,6 @@ impl Drop for Subscription {
         metrics::gauge!(SUBSCRIBERS).decrement(1.0);
     }
 }
-
-const SUBSCRIBERS: &str = "messages_stream_subscribers";
 
 impl EventHub {
     pub fn subscribe(&self) -> Subscription {
@@ -134,17 +136,15 @@ impl EventHub {
     }
 }
 
-/// A successful poll, for `messages_watcher_last_success_timestamp_seconds` and
-/// `messages_watcher_lag_seconds`: the lag is how long ago the newest change the poll
+/// Records a successful poll (`WATCHER_LAST_SUCCESS`, `WATCHER_LAG`). The lag is how long ago the newest change the poll
 /// delivered was logged, and 0 when it found nothing new (the watcher is caught up).
 fn record_poll(newest_delivered: Option<NaiveDateTime>) {
     let now = Utc::now();
-    metrics::gauge!("messages_watcher_last_success_timestamp_seconds")
-        .set(now.timestamp_micros() as f64 / 1e6);
+    metrics::gauge!(WATCHER_LAST_SUCCESS).set(now.timestamp_micros() as f64 / 1e6);
     // Another replica's clock may run ahead of ours: never a negative lag.
     let lag =
         newest_delivered.map_or(0.0, |logged| (now.naive_utc() - logged).as_seconds_f64().max(0.0));
-    metrics::gauge!("messages_watcher_lag_seconds").set(lag);
+    metrics::gauge!(WATCHER_LAG).set(lag);
 }
 
 /// Failed reads of the change log: each is counted (`change_log_read_errors_total`); the

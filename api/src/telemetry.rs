@@ -12,7 +12,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
-use crate::db::DbError;
+use crate::db::{DbError, ERRORS_METRIC};
+use crate::events::{SUBSCRIBERS, WATCHER_LAG, WATCHER_LAST_SUCCESS};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -58,15 +59,15 @@ pub const IDEMPOTENT_REPLAYS: &str = "messages_idempotent_replays_total";
 /// so that they exist before the first event (`rate()` needs a sample before it).
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
-    describe_gauge!("messages_stream_subscribers", "Open live-stream (SSE) connections.");
-    metrics::gauge!("messages_stream_subscribers").increment(0.0);
+    describe_gauge!(SUBSCRIBERS, "Open live-stream (SSE) connections.");
+    metrics::gauge!(SUBSCRIBERS).increment(0.0);
     describe_gauge!(
-        "messages_watcher_last_success_timestamp_seconds",
+        WATCHER_LAST_SUCCESS,
         Unit::Seconds,
         "Unix time of the change-log watcher's last successful poll."
     );
     describe_gauge!(
-        "messages_watcher_lag_seconds",
+        WATCHER_LAG,
         Unit::Seconds,
         "At the watcher's last successful poll: how long ago the newest change it delivered \
          was logged (by the writing replica's clock), or 0 if it found nothing new."
@@ -78,11 +79,11 @@ fn describe_metrics() {
     );
     metrics::counter!(IDEMPOTENT_REPLAYS, "route" => "/api/messages").absolute(0);
     describe_counter!(
-        "db_errors_total",
+        ERRORS_METRIC,
         "Failed database calls by kind: unavailable, timeout, conflict, not_found or other."
     );
     for kind in DbError::KINDS {
-        metrics::counter!("db_errors_total", "kind" => kind).absolute(0);
+        metrics::counter!(ERRORS_METRIC, "kind" => kind).absolute(0);
     }
 }
 

@@ -64,8 +64,11 @@ pub enum DbError {
     Other(#[from] anyhow::Error),
 }
 
+/// Failed database calls, by `DbError::kind`.
+pub const ERRORS_METRIC: &str = "db_errors_total";
+
 impl DbError {
-    /// The values of `db_errors_total`'s `kind` label.
+    /// The values of the `kind` label of `ERRORS_METRIC`.
     pub const KINDS: [&'static str; 5] =
         ["unavailable", "timeout", "conflict", "not_found", "other"];
 
@@ -422,7 +425,7 @@ impl Db {
         F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
     {
         self.run_blocking(work).await.inspect_err(|error| {
-            metrics::counter!("db_errors_total", "kind" => error.kind()).increment(1);
+            metrics::counter!(ERRORS_METRIC, "kind" => error.kind()).increment(1);
         })
     }
 
