@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{NaiveDateTime, Utc};
 use serde_json::json;
 use tokio::sync::{Notify, broadcast};
 
@@ -22,6 +23,10 @@ const BATCH: usize = 500;
 const GAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events buffered per stream before a slow reader is told to reload.
 const CHANNEL_CAPACITY: usize = 1024;
+
+pub const SUBSCRIBERS: &str = "messages_stream_subscribers";
+pub const WATCHER_LAST_SUCCESS: &str = "messages_watcher_last_success_timestamp_seconds";
+pub const WATCHER_LAG: &str = "messages_watcher_lag_seconds";
 
 /// One change, ready to be sent as a Server-Sent Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +62,29 @@ impl Default for EventHub {
     }
 }
 
+/// A stream's feed of live events; the `SUBSCRIBERS` gauge counts the open ones.
+pub struct Subscription(broadcast::Receiver<Arc<ChangeEvent>>);
+
+impl Subscription {
+    fn new(receiver: broadcast::Receiver<Arc<ChangeEvent>>) -> Self {
+        metrics::gauge!(SUBSCRIBERS).increment(1.0);
+        Self(receiver)
+    }
+
+    pub async fn recv(&mut self) -> Result<Arc<ChangeEvent>, broadcast::error::RecvError> {
+        self.0.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        metrics::gauge!(SUBSCRIBERS).decrement(1.0);
+    }
+}
+
 impl EventHub {
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(self.sender.subscribe())
     }
 
     /// Reads the change log now: a local write does not wait for the next poll.
@@ -80,6 +105,8 @@ impl EventHub {
             }
         };
         failures.succeeded();
+        // It starts at the log's current end: nothing is waiting to be delivered.
+        record_poll(None);
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -88,21 +115,36 @@ impl EventHub {
             let (floor, limit) = (cursor.floor, (cursor.seen.len() + BATCH) as i64);
             match db.run(move |conn| events::since(conn, floor, limit)).await {
                 Ok(rows) => {
+                    let mut newest = None;
                     for row in rows {
-                        if cursor.first_sight(row.seq)
-                            && let Some(event) = ChangeEvent::from_row(row)
-                        {
+                        if !cursor.first_sight(row.seq) {
+                            continue;
+                        }
+                        newest = newest.max(Some(row.logged_at));
+                        if let Some(event) = ChangeEvent::from_row(row) {
                             // No receivers is fine: nobody is streaming right now.
                             let _ = self.sender.send(Arc::new(event));
                         }
                     }
                     cursor.advance();
                     failures.succeeded();
+                    record_poll(newest);
                 }
                 Err(error) => failures.failed(&error),
             }
         }
     }
+}
+
+/// Records a successful poll (`WATCHER_LAST_SUCCESS`, `WATCHER_LAG`). The lag is how long ago the newest change the poll
+/// delivered was logged, and 0 when it found nothing new (the watcher is caught up).
+fn record_poll(newest_delivered: Option<NaiveDateTime>) {
+    let now = Utc::now();
+    metrics::gauge!(WATCHER_LAST_SUCCESS).set(now.timestamp_micros() as f64 / 1e6);
+    // Another replica's clock may run ahead of ours: never a negative lag.
+    let lag =
+        newest_delivered.map_or(0.0, |logged| (now.naive_utc() - logged).as_seconds_f64().max(0.0));
+    metrics::gauge!(WATCHER_LAG).set(lag);
 }
 
 /// Failed reads of the change log: each is counted (`change_log_read_errors_total`); the

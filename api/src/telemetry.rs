@@ -7,10 +7,13 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderName};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::db::{DbError, ERRORS_METRIC};
+use crate::events::{SUBSCRIBERS, WATCHER_LAG, WATCHER_LAST_SUCCESS};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -40,12 +43,48 @@ const LATENCY_BUCKETS: &[f64] =
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .expect("buckets are not empty")
             .install_recorder()
-            .expect("no other metrics recorder is installed")
+            .expect("no other metrics recorder is installed");
+        describe_metrics();
+        handle
     })
+}
+
+pub const IDEMPOTENT_REPLAYS: &str = "messages_idempotent_replays_total";
+
+/// Describes the metrics the alerts and the dashboard rely on, and starts their series at 0
+/// so that they exist before the first event (`rate()` needs a sample before it).
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(SUBSCRIBERS, "Open live-stream (SSE) connections.");
+    metrics::gauge!(SUBSCRIBERS).increment(0.0);
+    describe_gauge!(
+        WATCHER_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the change-log watcher's last successful poll."
+    );
+    describe_gauge!(
+        WATCHER_LAG,
+        Unit::Seconds,
+        "At the watcher's last successful poll: how long ago the newest change it delivered \
+         was logged (by the writing replica's clock), or 0 if it found nothing new."
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Creates answered from an earlier request with the same Idempotency-Key. Only \
+         /api/messages takes the header (the form route /submit cannot replay)."
+    );
+    metrics::counter!(IDEMPOTENT_REPLAYS, "route" => "/api/messages").absolute(0);
+    describe_counter!(
+        ERRORS_METRIC,
+        "Failed database calls by kind: unavailable, timeout, conflict, not_found or other."
+    );
+    for kind in DbError::KINDS {
+        metrics::counter!(ERRORS_METRIC, "kind" => kind).absolute(0);
+    }
 }
 
 /// How often recorded histogram samples are folded into their buckets.

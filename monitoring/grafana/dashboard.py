@@ -6,8 +6,7 @@
 
 Grafana cannot run on the build machines, so the JSON is never edited by hand: this file
 is its source, tests/monitoring checks every query with promtool and, against a real
-Prometheus scraping the real services, that each one returns data. Queries on metrics the
-API does not export yet name them in PENDING_METRICS; those panels stay empty until it does.
+Prometheus scraping the real services, that each one returns data.
 """
 
 import json
@@ -16,15 +15,6 @@ from pathlib import Path
 
 OUTPUT = Path(__file__).resolve().parent / "dashboards" / "messages.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-
-# Metrics the alerts and panels use that the API (or the backup job) does not export yet.
-PENDING_METRICS = (
-    "messages_stream_subscribers",
-    "messages_watcher_last_success_timestamp_seconds",
-    "messages_watcher_lag_seconds",
-    "messages_idempotent_replays_total",
-    "db_errors_total",
-)
 
 NOT_STREAM = 'route!="/api/messages/stream"'
 

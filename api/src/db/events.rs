@@ -36,6 +36,8 @@ pub struct EventRow {
     pub kind: EventKind,
     pub message_id: i64,
     pub message: Option<MessageRow>,
+    /// When the change was logged (the writing replica's clock, UTC).
+    pub logged_at: NaiveDateTime,
 }
 
 /// Appends an event; call it inside the transaction that makes the change.
@@ -57,7 +59,7 @@ pub fn record(
 
 /// Events after `after`, oldest first, at most `limit`.
 pub fn since(conn: &mut DbConnection, after: i64, limit: i64) -> Result<Vec<EventRow>, DbError> {
-    let rows: Vec<(i64, String, i64, Option<MessageRow>)> = message_events::table
+    let rows: Vec<(i64, String, i64, NaiveDateTime, Option<MessageRow>)> = message_events::table
         .left_join(messages::table.on(messages::id.eq(message_events::message_id)))
         .filter(message_events::seq.gt(after))
         .order(message_events::seq.asc())
@@ -66,14 +68,15 @@ pub fn since(conn: &mut DbConnection, after: i64, limit: i64) -> Result<Vec<Even
             message_events::seq,
             message_events::kind,
             message_events::message_id,
+            message_events::created_at,
             (messages::id, messages::message, messages::created_at, messages::updated_at)
                 .nullable(),
         ))
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .filter_map(|(seq, kind, message_id, message)| {
-            Some(EventRow { seq, kind: EventKind::parse(&kind)?, message_id, message })
+        .filter_map(|(seq, kind, message_id, logged_at, message)| {
+            Some(EventRow { seq, kind: EventKind::parse(&kind)?, message_id, message, logged_at })
         })
         .collect())
 }

@@ -64,6 +64,37 @@ pub enum DbError {
     Other(#[from] anyhow::Error),
 }
 
+/// Failed database calls, by `DbError::kind`.
+pub const ERRORS_METRIC: &str = "db_errors_total";
+
+impl DbError {
+    /// The values of the `kind` label of `ERRORS_METRIC`.
+    pub const KINDS: [&'static str; 5] =
+        ["unavailable", "timeout", "conflict", "not_found", "other"];
+
+    /// The error's `kind` label: `unavailable` (unreachable, not ready, no pooled connection
+    /// in time, or lost mid-commit), `timeout` (a lock wait ran out, a deadlock, or the
+    /// request's time limit passed first), `conflict` (a constraint refused the change),
+    /// `not_found` (a row the work required is missing), or `other`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) | Self::OutcomeUnknown => "unavailable",
+            Self::Busy(_) | Self::Abandoned => "timeout",
+            Self::Other(error) => match error.downcast_ref::<DieselError>() {
+                Some(DieselError::NotFound) => "not_found",
+                Some(DieselError::DatabaseError(
+                    DatabaseErrorKind::UniqueViolation
+                    | DatabaseErrorKind::ForeignKeyViolation
+                    | DatabaseErrorKind::CheckViolation
+                    | DatabaseErrorKind::NotNullViolation,
+                    _,
+                )) => "conflict",
+                _ => "other",
+            },
+        }
+    }
+}
+
 impl From<DieselError> for DbError {
     fn from(error: DieselError) -> Self {
         if is_connection_lost(&error) {
@@ -393,6 +424,16 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
     {
+        self.run_blocking(work).await.inspect_err(|error| {
+            metrics::counter!(ERRORS_METRIC, "kind" => error.kind()).increment(1);
+        })
+    }
+
+    async fn run_blocking<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
+    {
         let deadline = Instant::now() + self.wait_limit;
         let ticket = Arc::new(Ticket::default());
         let pool = self.pool.clone();
@@ -595,6 +636,24 @@ mod tests {
             assert!(!is_connection_lost(&error) && !is_contention(&error), "{error}");
             assert!(matches!(DbError::from(error), DbError::Other(_)));
         }
+    }
+
+    #[test]
+    fn errors_are_counted_by_a_kind_of_the_fixed_set() {
+        let cases = [
+            (DieselError::NotFound, "not_found"),
+            (database_error(DatabaseErrorKind::UniqueViolation, "Duplicate entry"), "conflict"),
+            (database_error(DatabaseErrorKind::Unknown, "database is locked"), "timeout"),
+            (database_error(DatabaseErrorKind::ClosedConnection, "gone"), "unavailable"),
+            (DieselError::RollbackTransaction, "timeout"),
+            (database_error(DatabaseErrorKind::Unknown, "no such table: messages"), "other"),
+        ];
+        for (error, kind) in cases {
+            let error = DbError::from(error);
+            assert_eq!(error.kind(), kind, "{error}");
+            assert!(DbError::KINDS.contains(&kind));
+        }
+        assert_eq!(DbError::OutcomeUnknown.kind(), "unavailable");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::domain::{
     Cursor, IdempotencyKey, MessageId, MessageText, hash_token, hashes_match, now,
 };
 use crate::error::{ApiError, Problem};
+use crate::telemetry::IDEMPOTENT_REPLAYS;
 use crate::views::{Message, rfc3339};
 
 const DEFAULT_LIMIT: u32 = 20;
@@ -199,6 +200,7 @@ pub async fn create_message(
     )
         .into_response();
     if created.replayed {
+        metrics::counter!(IDEMPOTENT_REPLAYS, "route" => "/api/messages").increment(1);
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)

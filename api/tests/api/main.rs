@@ -2,6 +2,7 @@
 //! database of a real MariaDB/MySQL server per test.
 
 mod messages;
+mod metrics;
 mod replay;
 mod service;
 mod stream;

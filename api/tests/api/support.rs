@@ -453,3 +453,64 @@ impl SseReader {
         (fields > 0).then_some(event)
     }
 }
+
+/// The API binary as a child process, for what must not be shared with the other tests of
+/// this process: the metrics recorder is process-wide.
+pub struct ApiProcess {
+    child: std::process::Child,
+    pub base: String,
+    pub client: reqwest::Client,
+    _db: TestDatabase,
+}
+
+impl ApiProcess {
+    /// Starts the binary on a fresh database and waits until it is healthy.
+    pub async fn spawn(backend: Backend) -> Self {
+        let db = TestDatabase::new(backend);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+            .to_string();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_messages-api"))
+            .args(["--host", "127.0.0.1", "--port", &port, "--database-url", &db.url()])
+            .args(["--log-level", "warn", "--token-sealing-key", TEST_SEALING_KEY])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the API binary starts");
+        let process = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            _db: db,
+        };
+        let started = &process;
+        eventually(Duration::from_secs(30), "the API process is healthy", || async move {
+            let response = started.client.get(started.url("/health")).send().await;
+            response.is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+        process
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The value of one series (name and labels as exposed) on `/metrics`, if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.client.get(self.url("/metrics")).send().await.unwrap().text().await;
+        text.unwrap().lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("a number"))
+        })
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,97 @@
+//! The metrics the alerts and the dashboard use, read from an API process of their own so
+//! that the other tests' streams and writes do not move them.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::{ApiProcess, Backend, both_backends, eventually};
+
+both_backends!(
+    alerted_metrics_have_values_from_the_start,
+    stream_subscribers_follow_open_streams,
+    idempotent_replays_are_counted,
+    watcher_timestamp_advances_while_it_polls,
+);
+
+const SUBSCRIBERS: &str = "messages_stream_subscribers";
+const REPLAYS: &str = r#"messages_idempotent_replays_total{route="/api/messages"}"#;
+const LAST_POLL: &str = "messages_watcher_last_success_timestamp_seconds";
+const LAG: &str = "messages_watcher_lag_seconds";
+
+async fn alerted_metrics_have_values_from_the_start(backend: Backend) {
+    let api = &ApiProcess::spawn(backend).await;
+    assert_eq!(api.metric(SUBSCRIBERS).await, Some(0.0));
+    assert_eq!(api.metric(REPLAYS).await, Some(0.0));
+    for kind in ["unavailable", "timeout", "conflict", "not_found", "other"] {
+        let series = format!(r#"db_errors_total{{kind="{kind}"}}"#);
+        assert_eq!(api.metric(&series).await, Some(0.0), "{series}");
+    }
+    eventually(Duration::from_secs(10), "the watcher's first poll", || async move {
+        api.metric(LAST_POLL).await.is_some() && api.metric(LAG).await.is_some()
+    })
+    .await;
+}
+
+async fn stream_subscribers_follow_open_streams(backend: Backend) {
+    let api = &ApiProcess::spawn(backend).await;
+    let open = || async move {
+        let response = api.client.get(api.url("/api/messages/stream")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response
+    };
+    let first = open().await;
+    let second = open().await;
+    assert_eq!(api.metric(SUBSCRIBERS).await, Some(2.0));
+    drop(first);
+    // The server notices a closed stream when it reads the end or writes the next heartbeat.
+    eventually(Duration::from_secs(15), "one stream left", || async move {
+        api.metric(SUBSCRIBERS).await == Some(1.0)
+    })
+    .await;
+    drop(second);
+    eventually(Duration::from_secs(15), "no stream left", || async move {
+        api.metric(SUBSCRIBERS).await == Some(0.0)
+    })
+    .await;
+}
+
+async fn idempotent_replays_are_counted(backend: Backend) {
+    let api = &ApiProcess::spawn(backend).await;
+    let create = || async move {
+        api.client
+            .post(api.url("/api/messages"))
+            .header("Idempotency-Key", "metrics-replay-1")
+            .json(&json!({"message": "once"}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = create().await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    assert_eq!(api.metric(REPLAYS).await, Some(0.0), "a first create is no replay");
+    let again = create().await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(api.metric(REPLAYS).await, Some(1.0));
+}
+
+async fn watcher_timestamp_advances_while_it_polls(backend: Backend) {
+    let api = &ApiProcess::spawn(backend).await;
+    eventually(Duration::from_secs(10), "the watcher's first poll", || async move {
+        api.metric(LAST_POLL).await.is_some()
+    })
+    .await;
+    let first = api.metric(LAST_POLL).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert!((now.as_secs_f64() - first).abs() < 60.0, "a unix time: {first}");
+    eventually(Duration::from_secs(10), "a later poll", || async move {
+        api.metric(LAST_POLL).await.unwrap() > first
+    })
+    .await;
+    let created = api.client.post(api.url("/api/messages")).json(&json!({"message": "hi"}));
+    assert_eq!(created.send().await.unwrap().status(), StatusCode::CREATED);
+    let lag = api.metric(LAG).await.unwrap();
+    assert!((0.0..5.0).contains(&lag), "a caught-up watcher lags little: {lag}");
+}
