@@ -1,7 +1,8 @@
 """Fixtures of the monitoring tests: the shipped monitoring files, and for the end-to-end
 tests a real stack on local ports — a throwaway MariaDB, the API binary, the project's nginx
 config, Debian's prometheus-nginx-exporter and prometheus-mysqld-exporter, Alertmanager,
-and Prometheus running the shipped config with local targets and short intervals.
+a Pushgateway (Debian's prometheus-pushgateway) for the backup job, and Prometheus running
+the shipped config with local targets and short intervals.
 
 Environment: API_BIN (the API binary, built beforehand; default target/debug/messages-api).
 """
@@ -214,11 +215,19 @@ def stack(run_dir):
             f"--storage.path={run_dir}/alertmanager", f"--web.listen-address=127.0.0.1:{alertmanager_port}",
             "--cluster.listen-address="], run_dir))
 
+        pushgateway_port = free_port()
+        start(Process("pushgateway", [
+            "prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{pushgateway_port}",
+            "--persistence.file="], run_dir))
+        pushgateway_url = f"http://127.0.0.1:{pushgateway_port}"
+        wait_until("the Pushgateway to answer", lambda: http_get(f"{pushgateway_url}/-/ready")[0] == 200, 30)
+
         prometheus_port = free_port()
         config = local_prometheus_config({
             "api": (f"127.0.0.1:{api_port}", {"service": "api"}),
             "nginx": (f"127.0.0.1:{nginx_exporter_port}", {}),
             "mysql": (f"127.0.0.1:{mysqld_exporter_port}", {}),
+            "pushgateway": (f"127.0.0.1:{pushgateway_port}", {}),
             "prometheus": (f"127.0.0.1:{prometheus_port}", {}),
             "alertmanager": (f"127.0.0.1:{alertmanager_port}", {}),
         }, f"127.0.0.1:{alertmanager_port}")
@@ -231,7 +240,7 @@ def stack(run_dir):
         wait_until("Prometheus to answer", lambda: http_get(f"{prometheus.url}/-/ready")[0] == 200, 60)
 
         yield Stack(db=db, api=api, api_url=api_url, nginx_url=f"http://127.0.0.1:{nginx_port}",
-                    nginx_prefix=nginx_prefix, prometheus=prometheus,
+                    nginx_prefix=nginx_prefix, prometheus=prometheus, pushgateway_url=pushgateway_url,
                     alertmanager_url=f"http://127.0.0.1:{alertmanager_port}", config=config)
     finally:
         for process in reversed(started):

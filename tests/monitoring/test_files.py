@@ -96,7 +96,8 @@ def test_every_scrape_target_and_the_datasource_name_a_compose_service():
 def test_monitoring_profile_publishes_only_grafana():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     monitoring = {name: s for name, s in services.items() if "monitoring" in s.get("profiles", [])}
-    assert set(monitoring) == {"prometheus", "alertmanager", "grafana", "nginx-exporter", "mysqld-exporter"}
+    assert set(monitoring) == {"prometheus", "alertmanager", "grafana", "nginx-exporter", "mysqld-exporter",
+                               "pushgateway"}
     assert [name for name, s in monitoring.items() if s.get("ports")] == ["grafana"]
     for name, service in monitoring.items():
         assert "backend" in service.get("networks", []) or service.get("network_mode") == "service:web", name
