@@ -45,9 +45,13 @@ def test_deployments_roll_out_without_losing_a_ready_replica(rendered):
 
 
 def test_the_api_runs_at_least_three_replicas(rendered):
-    api = rendered.get("Deployment", "api")
-    assert api["spec"]["replicas"] >= 3
     assert rendered.get("HorizontalPodAutoscaler", "api")["spec"]["minReplicas"] >= 3
+
+
+def test_the_autoscalers_own_the_replica_counts(rendered):
+    # A count in the Deployment would reset a scaled-out API at every apply.
+    for deployment in rendered.all("Deployment"):
+        assert "replicas" not in deployment["spec"], deployment["metadata"]["name"]
 
 
 def test_the_api_spreads_over_nodes_and_zones(rendered):
@@ -100,12 +104,12 @@ def test_every_deployment_has_a_disruption_budget_and_a_cpu_autoscaler(rendered)
             if pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
         ]
         assert len(budgets) == 1, name
-        assert budgets[0]["spec"]["maxUnavailable"] < deployment["spec"]["replicas"], name
         hpa = rendered.get("HorizontalPodAutoscaler", name)
+        assert budgets[0]["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"], name
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
-        assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
 
 
 def test_services_reach_the_pods_they_select(rendered):
