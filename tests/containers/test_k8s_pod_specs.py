@@ -2,7 +2,7 @@
 its migrations Job, API and web containers started on the test's engine with exactly what
 the manifests say (image, args, environment from the ConfigMaps, the Secret's files, user,
 groups, read-only root, dropped capabilities, no privilege escalation, emptyDirs as tmpfs,
-limits). Containers find each other by the Kubernetes Service names, as network aliases:
+ConfigMap files, limits). Containers find each other by the Kubernetes Service names, as network aliases:
 `db` (the database's ExternalName), `api` and `web`. The probes must answer on the declared
 ports, web must proxy to the API by its Service name, and what is written through web must
 land in the database the manifests point at. A wrong variable name, port or path fails here.
@@ -106,6 +106,13 @@ class Pods:
                 assert volume["secret"]["secretName"] == "messages-secrets"
                 folder = self.secret_folder(name, volume, security["fsGroup"])
                 args += ["--volume", f"{folder}:{mount['mountPath']}:ro"]
+            elif "configMap" in volume:
+                folder = self.workdir / f"config-{name}-{mount['name']}"
+                folder.mkdir(exist_ok=True)
+                for key, text in self.rendered.get("ConfigMap", volume["configMap"]["name"])["data"].items():
+                    (folder / key).write_text(text)
+                source = folder / mount["subPath"] if "subPath" in mount else folder
+                args += ["--volume", f"{source}:{mount['mountPath']}:ro"]
             else:
                 assert "emptyDir" in volume, mount
                 args += ["--tmpfs", f"{mount['mountPath']}:uid=0,gid={security['fsGroup']},mode=0777"]
@@ -255,3 +262,19 @@ def test_a_message_posted_through_web_lands_in_the_database(pods, api, web):
     log(f"pod specs: database, migrations Job, API and web up and checked in "
         f"{time.monotonic() - pods.started:.0f}s")
     print(json.dumps({"k8s_pod_specs_seconds": round(time.monotonic() - pods.started, 1)}))
+
+
+def test_web_limits_writes_per_client_address_behind_the_ingress(pods, web):
+    """ingress-nginx sends the client's address in X-Real-IP: one client's burst of writes
+    gets 429s, another client still writes."""
+    def post(client: str) -> int:
+        return http("POST", web["url"] + "/api/messages", {"message": f"from {client}"},
+                    {"X-Real-IP": client}).status
+
+    statuses = []
+    for _ in range(60):
+        statuses.append(post("203.0.113.7"))
+        if statuses[-1] == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {201}, statuses
+    assert post("203.0.113.8") == 201

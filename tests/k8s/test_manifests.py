@@ -207,3 +207,17 @@ def test_no_secret_values_are_committed(rendered):
     for name, pod in rendered.pod_specs():
         secrets = [v["secret"] for v in pod.get("volumes", []) if "secret" in v]
         assert {s["secretName"] for s in secrets} <= {"messages-secrets"}, name
+
+
+def test_web_takes_the_client_address_from_the_ingress_controller(rendered):
+    pod = rendered.get("Deployment", "web")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if "configMap" in volumes[m["name"]]]
+    assert mount["mountPath"] == f"/etc/nginx/conf.d/{mount['subPath']}" and mount["subPath"].endswith(".conf")
+    snippet = rendered.get("ConfigMap", volumes[mount["name"]]["configMap"]["name"])["data"][mount["subPath"]]
+    assert "real_ip_header X-Real-IP;" in snippet
+    # Trusting every peer is safe only while the controller is web's one allowed peer.
+    web_policy = rendered.get("NetworkPolicy", "web")["spec"]
+    assert [rule["from"] for rule in web_policy["ingress"]] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    ]
