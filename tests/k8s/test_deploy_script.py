@@ -85,6 +85,15 @@ def test_a_failed_migration_stops_before_the_new_version_is_applied(kubectl):
     assert not [c for c in calls(kubectl) if c.startswith(("apply -k", "-n messages rollout"))]
 
 
+def test_deploy_needs_the_registry(kubectl):
+    env = {k: v for k, v in os.environ.items() if k != "REGISTRY"}
+    env["PATH"] = f"{kubectl['path']}:{env['PATH']}"
+    env["KUBECTL_LOG"] = str(kubectl["log"])
+    result = subprocess.run([str(ROOT / "scripts/deploy-k8s"), "1.4.4"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "set REGISTRY" in result.stderr
+    assert not kubectl["log"].exists()
+
+
 def test_the_first_apply_holds_what_the_job_needs_and_no_deployment(production):
     def selected(obj: dict) -> bool:
         return obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") not in ("api", "web")
