@@ -849,14 +849,58 @@ mod tests {
     }
 
     #[test]
-    fn lock_waits_and_deadlocks_are_contention() {
-        for message in [
+    fn lock_waits_are_contention_and_deadlocks_conflicts() {
+        let wait = database_error(
+            DatabaseErrorKind::Unknown,
             "Lock wait timeout exceeded; try restarting transaction",
+        );
+        assert!(!is_connection_lost(&wait) && is_contention(&wait) && !is_conflict(&wait));
+        assert!(matches!(DbError::from(wait), DbError::Busy(_)));
+        // A lost deadlock, and a Galera certification failure: the same error 1213.
+        let deadlock = database_error(
+            DatabaseErrorKind::Unknown,
             "Deadlock found when trying to get lock; try restarting transaction",
-        ] {
-            let error = database_error(DatabaseErrorKind::Unknown, message);
-            assert!(!is_connection_lost(&error) && is_contention(&error), "{message}");
-        }
+        );
+        assert!(!is_connection_lost(&deadlock) && is_conflict(&deadlock));
+        assert!(matches!(DbError::from(deadlock), DbError::Conflict(_)));
+    }
+
+    #[test]
+    fn a_galera_node_that_is_not_synced_is_an_unusable_connection() {
+        let error = database_error(
+            DatabaseErrorKind::Unknown,
+            "WSREP has not yet prepared node for application use",
+        );
+        assert!(matches!(DbError::from(error), DbError::Unavailable(_)));
+    }
+
+    #[test]
+    fn conflicts_and_connections_lost_before_the_commit_run_again_a_few_times() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let conflict = DbError::Conflict("1213".into());
+        let lost = DbError::Unavailable("gone away".into());
+        let mut retries = Retries::default();
+        assert!(retries.another(&lost, false, far) && retries.connection_lost);
+        assert!(retries.another(&conflict, false, far) && !retries.connection_lost);
+        assert!(retries.another(&conflict, true, far), "a refused commit is known rolled back");
+        assert!(!retries.another(&conflict, false, far), "at most {MAX_RETRIES} times");
+
+        let mut retries = Retries::default();
+        assert!(!retries.another(&lost, true, far), "lost while committing: outcome unknown");
+        assert!(!retries.another(&DbError::Busy("lock wait".into()), false, far));
+        assert!(!retries.another(&conflict, false, Instant::now()), "the wait is over");
+    }
+
+    #[test]
+    fn work_runs_again_only_while_its_request_waits() {
+        let gate = CommitGate(Arc::default());
+        assert!(gate.0.start());
+        assert!(gate.enter().is_ok());
+        assert!(gate.0.rerun(), "a commit refused by certification runs again");
+        assert!(gate.enter().is_ok(), "and may commit");
+        assert!(gate.0.abandon(), "given up while committing");
+        assert!(!gate.0.rerun(), "never runs again");
+        assert!(gate.0.is_committing());
     }
 
     #[test]
