@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{NaiveDateTime, Utc};
 use serde_json::json;
 use tokio::sync::{Notify, broadcast};
@@ -57,17 +58,36 @@ impl ChangeEvent {
 }
 
 /// A live event as the watcher sends it: with the watcher's position once it is had, and
-/// that position's token (shared by every stream whose position it is).
+/// the event serialised once with that position as its id (the frame every stream whose
+/// position it is sends as it is).
 #[derive(Debug)]
 pub struct Delivery {
     pub event: ChangeEvent,
     pub position: Arc<Position>,
-    pub token: Arc<str>,
+    pub frame: Bytes,
+}
+
+/// What streams receive: changes, and every `HEARTBEAT` a heartbeat, so that proxies and
+/// clients do not time out an idle stream (one clock for all streams, not one per stream).
+#[derive(Debug)]
+pub enum Broadcast {
+    Change(Delivery),
+    Heartbeat,
+}
+
+/// How often streams get a heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// The heartbeat as it goes on the wire: an SSE comment.
+pub const HEARTBEAT_FRAME: &[u8] = b":heartbeat\n\n";
+
+/// One Server-Sent Event on the wire. `data` is JSON, so it has no line breaks.
+pub fn sse_frame(kind: &str, id: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {kind}\nid: {id}\ndata: {data}\n\n"))
 }
 
 #[derive(Clone)]
 pub struct EventHub {
-    sender: broadcast::Sender<Arc<Delivery>>,
+    sender: broadcast::Sender<Arc<Broadcast>>,
     wake: Arc<Notify>,
     /// What the watcher has sent, once it knows where the log stands; changed together with
     /// each send, so that a new subscriber's starting point matches its first event.
@@ -85,15 +105,15 @@ impl Default for EventHub {
 }
 
 /// A stream's feed of live events; the `SUBSCRIBERS` gauge counts the open ones.
-pub struct Subscription(broadcast::Receiver<Arc<Delivery>>);
+pub struct Subscription(broadcast::Receiver<Arc<Broadcast>>);
 
 impl Subscription {
-    fn new(receiver: broadcast::Receiver<Arc<Delivery>>) -> Self {
+    fn new(receiver: broadcast::Receiver<Arc<Broadcast>>) -> Self {
         metrics::gauge!(SUBSCRIBERS).increment(1.0);
         Self(receiver)
     }
 
-    pub async fn recv(&mut self) -> Result<Arc<Delivery>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Broadcast>, broadcast::error::RecvError> {
         self.0.recv().await
     }
 }
@@ -143,9 +163,10 @@ impl EventHub {
         let mut current = self.position.lock().expect("hub position");
         *current = Some(position.clone());
         if let Some(event) = event {
-            let token = position.to_string().into();
+            let frame = sse_frame(event.kind.as_str(), &position.to_string(), &event.data);
             // No receivers is fine: nobody is streaming right now.
-            let _ = self.sender.send(Arc::new(Delivery { event, position, token }));
+            let _ =
+                self.sender.send(Arc::new(Broadcast::Change(Delivery { event, position, frame })));
         }
     }
 
@@ -165,10 +186,17 @@ impl EventHub {
         self.publish(&cursor.position, None);
         // It starts at the log's current end: nothing is waiting to be delivered.
         record_poll(None);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = heartbeat.tick() => {
+                    let _ = self.sender.send(Arc::new(Broadcast::Heartbeat));
+                    continue;
+                }
             }
             let position = cursor.position.clone();
             match db.run(move |conn| events::since(conn, &position, BATCH)).await {

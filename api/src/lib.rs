@@ -9,6 +9,7 @@ pub mod events;
 pub mod openapi;
 pub mod position;
 pub mod routes;
+pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod views;
@@ -181,7 +182,7 @@ impl Application {
 
         let stopping = self.stopping;
         let mut stopped = stopping.subscribe();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let server = server::serve(self.listener, self.router, async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             stopping.send_replace(true);

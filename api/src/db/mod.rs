@@ -167,6 +167,8 @@ fn is_connection_lost(error: &DieselError) -> bool {
 /// usually succeeds.
 fn is_conflict(error: &DieselError) -> bool {
     match error {
+        // Prepared statements report 1213 by its kind; plain statements (COMMIT) by text.
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
         DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
             info.message().contains("Deadlock found")
         }
@@ -873,6 +875,8 @@ mod tests {
         );
         assert!(!is_connection_lost(&deadlock) && is_conflict(&deadlock));
         assert!(matches!(DbError::from(deadlock), DbError::Conflict(_)));
+        let prepared = database_error(DatabaseErrorKind::SerializationFailure, "Deadlock found");
+        assert!(matches!(DbError::from(prepared), DbError::Conflict(_)));
     }
 
     #[test]

@@ -4,10 +4,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::NaiveDateTime;
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
@@ -19,11 +21,9 @@ use crate::db::events::{self, EventRow};
 use crate::db::{DbConnection, DbError};
 use crate::domain::now as epoch_now;
 use crate::error::{ApiError, Problem};
-use crate::events::{ChangeEvent, Delivery};
+use crate::events::{Broadcast, ChangeEvent, Delivery, HEARTBEAT_FRAME, sse_frame};
 use crate::position::Position;
 
-/// Heartbeats keep proxies and clients from timing out an idle stream.
-const HEARTBEAT: Duration = Duration::from_secs(10);
 /// The most events replayed to a reconnecting client; further behind, it is told to reload.
 const REPLAY_LIMIT: i64 = 1000;
 /// The longest a new stream waits for the watcher to read the log up to the present.
@@ -105,7 +105,7 @@ pub async fn stream_messages(
                     for row in rows {
                         had.insert(row.seq);
                         if let Some(event) = ChangeEvent::from_row(row) {
-                            events.push(sse_event(&event, &had.to_string()));
+                            events.push(frame_of(&event, &had.to_string()));
                         }
                     }
                     // Every event sent before the subscription is had now: it was either
@@ -120,32 +120,35 @@ pub async fn stream_messages(
     };
     let live = stream::unfold((live, position), |(mut live, mut position)| async move {
         loop {
-            match live.recv().await {
-                Ok(delivery) => {
-                    if let Some(event) = position.deliver(&delivery) {
-                        return Some((event, (live, position)));
-                    }
-                }
+            let frame = match live.recv().await.as_deref() {
+                Ok(Broadcast::Change(delivery)) => match position.deliver(delivery) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
+                Ok(Broadcast::Heartbeat) => Bytes::from_static(HEARTBEAT_FRAME),
                 // This reader fell too far behind: it must reload.
-                Err(RecvError::Lagged(_)) => {
-                    return Some((Event::default().event("reset").data("{}"), (live, position)));
-                }
+                Err(RecvError::Lagged(_)) => Bytes::from_static(b"event: reset\ndata: {}\n\n"),
                 Err(RecvError::Closed) => return None,
-            }
+            };
+            return Some((frame, (live, position)));
         }
     });
     // Streams end when the server shuts down, so that they do not hold the shutdown up.
     let mut stopping = state.stopping.clone();
-    let events =
+    let frames =
         stream::iter(first_events).chain(live).map(Ok::<_, Infallible>).take_until(async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
         });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
-        .into_response();
-    // Tells nginx not to buffer the stream even where the proxy config forgets to.
-    response.headers_mut().insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    Ok(response)
+    Ok((
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Tells nginx not to buffer the stream even where the proxy config forgets to.
+            (X_ACCEL_BUFFERING, HeaderValue::from_static("no")),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response())
 }
 
 /// What a stream has had. Most streams have had exactly what the watcher has sent, and
@@ -158,23 +161,23 @@ enum StreamPosition {
 }
 
 impl StreamPosition {
-    /// The event to send for a live delivery, or `None` if this stream has had it.
-    fn deliver(&mut self, delivery: &Delivery) -> Option<Event> {
+    /// The frame to send for a live delivery, or `None` if this stream has had it.
+    fn deliver(&mut self, delivery: &Delivery) -> Option<Bytes> {
         match self {
             Self::Shared(position) if position.contains(delivery.event.seq) => None,
             // The watcher's positions only grow: its new one covers the old.
             Self::Shared(position) => {
                 *position = delivery.position.clone();
-                Some(sse_event(&delivery.event, &delivery.token))
+                Some(delivery.frame.clone())
             }
             Self::Own(position) if position.contains(delivery.event.seq) => None,
             Self::Own(position) => {
                 position.merge(&delivery.position);
                 if *position == *delivery.position {
                     *self = Self::Shared(delivery.position.clone());
-                    return Some(sse_event(&delivery.event, &delivery.token));
+                    return Some(delivery.frame.clone());
                 }
-                Some(sse_event(&delivery.event, &position.to_string()))
+                Some(frame_of(&delivery.event, &position.to_string()))
             }
         }
     }
@@ -200,13 +203,10 @@ fn replay_since(
     Ok((rows.len() as i64 <= REPLAY_LIMIT).then_some(rows))
 }
 
-fn marker(kind: &str, position: &Position) -> Event {
-    Event::default()
-        .event(kind)
-        .id(position.to_string())
-        .data(json!({ "seq": position.floor() }).to_string())
+fn marker(kind: &str, position: &Position) -> Bytes {
+    sse_frame(kind, &position.to_string(), &json!({ "seq": position.floor() }).to_string())
 }
 
-fn sse_event(event: &ChangeEvent, token: &str) -> Event {
-    Event::default().event(event.kind.as_str()).id(token).data(&event.data)
+fn frame_of(event: &ChangeEvent, id: &str) -> Bytes {
+    sse_frame(event.kind.as_str(), id, &event.data)
 }
