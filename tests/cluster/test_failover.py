@@ -1,0 +1,85 @@
+"""Failures of the node HAProxy uses, under read/write load through HAProxy on both
+replicas: a crash (kill -9) and a planned stop (drain in HAProxy, then a graceful stop)."""
+
+import time
+
+from support import NODES, Load, eventually, problems
+
+# How long a drained node may keep sessions before they are cut (see the README's
+# planned-maintenance procedure).
+DRAIN_WAIT = 15
+
+
+def _present_on(cluster, node, database, ids):
+    found = set()
+    for start in range(0, len(ids), 500):
+        chunk = ",".join(map(str, ids[start:start + 500]))
+        found |= {int(r[0]) for r in cluster.sql(node, f"SELECT id FROM messages WHERE id IN ({chunk})", database)}
+    return set(ids) - found
+
+
+def test_kill_9_of_the_node_haproxy_uses_fails_nothing_and_loses_no_acknowledged_write(cluster, replicas):
+    database = replicas[0].database
+    victim = cluster.active_node()
+    with Load([api.base for api in replicas]) as load:
+        load.wait_for_requests(100)
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        eventually(lambda: cluster.servers()[f"node{victim}"]["status"].startswith("DOWN"), 10,
+                   f"HAProxy to mark node{victim} down")
+        marked_down = time.monotonic() - killed_at
+        load.wait_for_requests(300)
+        time.sleep(3)
+    answers = load.snapshot()
+    print(f"kill -9 node{victim}: HAProxy marked it down after {marked_down:.1f}s; {load.summary()}")
+    bad = problems(answers)
+    assert not bad, f"{len(bad)} of {len(answers)} answers failed or took over 2 s: {bad[:8]}"
+    assert sum(1 for a in answers if a.status == 503) <= len(answers) // 20, load.summary()
+
+    ids = load.created_ids()
+    assert len(ids) > 50, load.summary()
+    for node in NODES:
+        if node != victim:
+            assert not _present_on(cluster, node, database, ids), f"acknowledged writes missing on node{node}"
+    cluster.start(victim)
+    assert not _present_on(cluster, victim, database, ids), f"acknowledged writes missing on node{victim} " \
+                                                              "after it rejoined"
+    eventually(lambda: cluster.servers()[f"node{victim}"]["status"] == "UP", 10, f"node{victim} UP in HAProxy")
+
+
+def test_planned_stop_of_the_node_haproxy_uses_fails_no_request(cluster, replicas):
+    database = replicas[0].database
+    victim = cluster.active_node()
+    server = f"mysql/node{victim}"
+    with Load([api.base for api in replicas]) as load:
+        load.wait_for_requests(100)
+        # 1. No new connections to the node; established ones stay.
+        assert cluster.haproxy(f"set server {server} state drain").strip() == ""
+        started = time.monotonic()
+        try:
+            eventually(lambda: cluster.servers()[f"node{victim}"]["scur"] == "0", DRAIN_WAIT,
+                       f"the sessions on node{victim} to move")
+            moved = f"sessions moved after {time.monotonic() - started:.1f}s"
+        except AssertionError:
+            # 2. Sessions that stay (pooled connections) are cut; the API reconnects through
+            # HAProxy to the next node.
+            left = cluster.servers()[f"node{victim}"]["scur"]
+            cluster.haproxy(f"shutdown sessions server {server}")
+            moved = f"{left} sessions still open after {DRAIN_WAIT}s, cut"
+        load.wait_for_requests(100)
+        # 3. The graceful stop.
+        cluster.shutdown(victim)
+        load.wait_for_requests(200)
+        time.sleep(2)
+    answers = load.snapshot()
+    print(f"planned stop of node{victim}: {moved}; {load.summary()}")
+    failed = [a for a in answers if not 200 <= a.status < 300]
+    ids = load.created_ids()
+    try:
+        assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:8]}"
+        assert not [a for a in answers if a.seconds > 2], "answers slower than 2 s"
+    finally:
+        cluster.start(victim)
+        assert cluster.haproxy(f"set server {server} state ready").strip() == ""
+    for node in NODES:
+        assert not _present_on(cluster, node, database, ids), f"acknowledged writes missing on node{node}"
