@@ -2,8 +2,8 @@
 //! per poll) and fans new events out in-process to its open streams, so a change made
 //! through any replica reaches every stream without a broker.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, Utc};
@@ -12,15 +12,21 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::db::Db;
 use crate::db::events::{self, EventKind, EventRow};
+use crate::position::{self, Position};
 use crate::views::Message;
 
 /// How often the change log is read when no local write wakes the watcher earlier.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// Events read per poll beyond those already seen.
-const BATCH: usize = 500;
-/// A sequence number that is still missing after this long belongs to a transaction that
-/// rolled back (or never commits); later events no longer wait for it.
+/// Events read per poll.
+const BATCH: i64 = 500;
+/// A sequence number still missing this long after a higher one was read belongs to a
+/// transaction that rolled back (or to another Galera node's numbering, and never comes):
+/// the watcher stops waiting for it. Write transactions last far less: a lock wait is cut
+/// at the request's time limit and a commit is the last step.
 const GAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most events the watcher keeps above a gap: half of what a token may carry, so that
+/// a resumed stream's position (the client's and the watcher's together) fits in one.
+const MAX_ABOVE_GAP: usize = position::MAX_ABOVE / 2;
 /// Events buffered per stream before a slow reader is told to reload.
 const CHANNEL_CAPACITY: usize = 1024;
 
@@ -50,28 +56,44 @@ impl ChangeEvent {
     }
 }
 
+/// A live event as the watcher sends it: with the watcher's position once it is had, and
+/// that position's token (shared by every stream whose position it is).
+#[derive(Debug)]
+pub struct Delivery {
+    pub event: ChangeEvent,
+    pub position: Arc<Position>,
+    pub token: Arc<str>,
+}
+
 #[derive(Clone)]
 pub struct EventHub {
-    sender: broadcast::Sender<Arc<ChangeEvent>>,
+    sender: broadcast::Sender<Arc<Delivery>>,
     wake: Arc<Notify>,
+    /// What the watcher has sent, once it knows where the log stands; changed together with
+    /// each send, so that a new subscriber's starting point matches its first event.
+    position: Arc<Mutex<Option<Arc<Position>>>>,
 }
 
 impl Default for EventHub {
     fn default() -> Self {
-        Self { sender: broadcast::channel(CHANNEL_CAPACITY).0, wake: Arc::default() }
+        Self {
+            sender: broadcast::channel(CHANNEL_CAPACITY).0,
+            wake: Arc::default(),
+            position: Arc::default(),
+        }
     }
 }
 
 /// A stream's feed of live events; the `SUBSCRIBERS` gauge counts the open ones.
-pub struct Subscription(broadcast::Receiver<Arc<ChangeEvent>>);
+pub struct Subscription(broadcast::Receiver<Arc<Delivery>>);
 
 impl Subscription {
-    fn new(receiver: broadcast::Receiver<Arc<ChangeEvent>>) -> Self {
+    fn new(receiver: broadcast::Receiver<Arc<Delivery>>) -> Self {
         metrics::gauge!(SUBSCRIBERS).increment(1.0);
         Self(receiver)
     }
 
-    pub async fn recv(&mut self) -> Result<Arc<ChangeEvent>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Delivery>, broadcast::error::RecvError> {
         self.0.recv().await
     }
 }
@@ -83,8 +105,32 @@ impl Drop for Subscription {
 }
 
 impl EventHub {
-    pub fn subscribe(&self) -> Subscription {
-        Subscription::new(self.sender.subscribe())
+    /// A feed of the events sent from now on, and the position they start from: `None`
+    /// until the watcher has read where the log stands.
+    pub fn subscribe(&self) -> Option<(Subscription, Arc<Position>)> {
+        let position = self.position.lock().expect("hub position");
+        let start = position.clone()?;
+        Some((Subscription::new(self.sender.subscribe()), start))
+    }
+
+    /// Like `subscribe`, once the watcher has had every event up to `newest`, or `within`
+    /// has passed.
+    pub async fn caught_up_with(
+        &self,
+        newest: i64,
+        within: Duration,
+    ) -> Option<(Subscription, Arc<Position>)> {
+        let given_up = Instant::now() + within;
+        loop {
+            let subscribed = self.subscribe();
+            let caught_up = subscribed.as_ref().is_some_and(|(_, at)| at.highest() >= newest);
+            if caught_up || Instant::now() >= given_up {
+                return subscribed;
+            }
+            drop(subscribed);
+            self.wake();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Reads the change log now: a local write does not wait for the next poll.
@@ -92,12 +138,23 @@ impl EventHub {
         self.wake.notify_one();
     }
 
+    fn publish(&self, position: &Position, event: Option<ChangeEvent>) {
+        let position = Arc::new(position.clone());
+        let mut current = self.position.lock().expect("hub position");
+        *current = Some(position.clone());
+        if let Some(event) = event {
+            let token = position.to_string().into();
+            // No receivers is fine: nobody is streaming right now.
+            let _ = self.sender.send(Arc::new(Delivery { event, position, token }));
+        }
+    }
+
     /// Follows the change log from its current end, forever.
     pub async fn watch(self, db: Db) {
         let mut failures = FailureStreak::default();
         let mut cursor = loop {
-            match db.run(events::bounds).await {
-                Ok((_, last)) => break LogCursor::new(last.unwrap_or(0)),
+            match db.run(events::newest).await {
+                Ok(newest) => break LogCursor::new(newest),
                 Err(error) => {
                     failures.failed(&error);
                     tokio::time::sleep(POLL_INTERVAL).await;
@@ -105,6 +162,7 @@ impl EventHub {
             }
         };
         failures.succeeded();
+        self.publish(&cursor.position, None);
         // It starts at the log's current end: nothing is waiting to be delivered.
         record_poll(None);
         loop {
@@ -112,8 +170,8 @@ impl EventHub {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
             }
-            let (floor, limit) = (cursor.floor, (cursor.seen.len() + BATCH) as i64);
-            match db.run(move |conn| events::since(conn, floor, limit)).await {
+            let position = cursor.position.clone();
+            match db.run(move |conn| events::since(conn, &position, BATCH)).await {
                 Ok(rows) => {
                     let mut newest = None;
                     for row in rows {
@@ -121,12 +179,12 @@ impl EventHub {
                             continue;
                         }
                         newest = newest.max(Some(row.logged_at));
-                        if let Some(event) = ChangeEvent::from_row(row) {
-                            // No receivers is fine: nobody is streaming right now.
-                            let _ = self.sender.send(Arc::new(event));
-                        }
+                        let event = ChangeEvent::from_row(row);
+                        self.publish(&cursor.position, event);
                     }
-                    cursor.advance();
+                    if cursor.give_up_old_gaps() {
+                        self.publish(&cursor.position, None);
+                    }
                     failures.succeeded();
                     record_poll(newest);
                 }
@@ -170,40 +228,55 @@ impl FailureStreak {
     }
 }
 
-/// Where the watcher stands in the change log. Sequence numbers are allocated when a
-/// transaction inserts but become visible when it commits, so they can appear out of
-/// order; the floor only moves past a missing one after `GAP_TIMEOUT`.
+/// Where the watcher stands in the change log: the events it has sent, and since when it
+/// has had each one above a gap.
 struct LogCursor {
-    /// Every event up to here has been handled.
-    floor: i64,
-    /// Events above the floor that have been handled.
-    seen: BTreeSet<i64>,
-    /// Since when the number right above the floor has been missing.
-    gap_since: Option<Instant>,
+    position: Position,
+    seen_at: BTreeMap<i64, Instant>,
 }
 
 impl LogCursor {
     fn new(floor: i64) -> Self {
-        Self { floor, seen: BTreeSet::new(), gap_since: None }
+        Self { position: Position::at(floor), seen_at: BTreeMap::new() }
     }
 
     /// True the first time an event is read.
     fn first_sight(&mut self, seq: i64) -> bool {
-        seq > self.floor && self.seen.insert(seq)
+        if !self.position.insert(seq) {
+            return false;
+        }
+        if seq > self.position.floor() {
+            self.seen_at.insert(seq, Instant::now());
+        }
+        // Far more writes than usual above a gap: stop waiting at the oldest gaps early,
+        // so that a position stays small enough to travel as a token.
+        if let Some(&oldest) = self.position.above().iter().rev().nth(MAX_ABOVE_GAP) {
+            self.position.raise_floor(oldest);
+        }
+        self.forget_below_floor();
+        true
     }
 
-    fn advance(&mut self) {
-        while let Some(&next) = self.seen.first() {
-            if next != self.floor + 1 {
-                let since = *self.gap_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < GAP_TIMEOUT {
-                    return;
-                }
-            }
-            self.seen.pop_first();
-            self.floor = next;
-            self.gap_since = None;
-        }
+    /// Stops waiting for the numbers missing below events read `GAP_TIMEOUT` ago or
+    /// longer; true if the position moved.
+    fn give_up_old_gaps(&mut self) -> bool {
+        let Some(last_due) = self
+            .seen_at
+            .iter()
+            .rev()
+            .find(|(_, seen)| seen.elapsed() >= GAP_TIMEOUT)
+            .map(|(&seq, _)| seq)
+        else {
+            return false;
+        };
+        self.position.raise_floor(last_due);
+        self.forget_below_floor();
+        true
+    }
+
+    fn forget_below_floor(&mut self) {
+        let floor = self.position.floor();
+        self.seen_at = self.seen_at.split_off(&(floor + 1));
     }
 }
 
@@ -212,28 +285,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursor_waits_at_a_gap_and_counts_each_event_once() {
+    fn cursor_sends_each_event_once_in_any_order() {
         let mut cursor = LogCursor::new(10);
         assert!(cursor.first_sight(11));
         assert!(cursor.first_sight(13));
         assert!(!cursor.first_sight(13));
         assert!(!cursor.first_sight(9));
-        cursor.advance();
-        assert_eq!(cursor.floor, 11, "waits for 12, which may still commit");
-        assert!(cursor.first_sight(12));
-        cursor.advance();
-        assert_eq!(cursor.floor, 13);
-        assert!(cursor.seen.is_empty());
+        assert_eq!(cursor.position.to_string(), "11.2", "waits for 12, which may still commit");
+        assert!(cursor.first_sight(12), "a late commit is still sent");
+        assert_eq!(cursor.position, Position::at(13));
+        assert!(cursor.seen_at.is_empty());
     }
 
     #[test]
-    fn cursor_moves_past_a_gap_that_never_fills() {
+    fn cursor_gives_up_gaps_below_events_read_long_ago() {
         let mut cursor = LogCursor::new(0);
-        cursor.first_sight(2);
-        cursor.advance();
-        assert_eq!(cursor.floor, 0);
-        cursor.gap_since = Some(Instant::now() - GAP_TIMEOUT);
-        cursor.advance();
-        assert_eq!(cursor.floor, 2);
+        for seq in [3, 6, 9] {
+            cursor.first_sight(seq);
+        }
+        assert!(!cursor.give_up_old_gaps(), "nothing is old yet");
+        let long_ago = Instant::now() - GAP_TIMEOUT;
+        cursor.seen_at.insert(3, long_ago);
+        cursor.seen_at.insert(6, long_ago);
+        assert!(cursor.give_up_old_gaps());
+        assert_eq!(cursor.position.to_string(), "6.3", "each gap has its own clock");
+        assert_eq!(cursor.seen_at.keys().copied().collect::<Vec<_>>(), [9]);
+        assert!(!cursor.first_sight(5), "a gap given up on stays given up");
     }
 }

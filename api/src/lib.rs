@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod openapi;
+pub mod position;
 pub mod routes;
 pub mod service;
 pub mod telemetry;
@@ -47,8 +48,6 @@ use crate::telemetry::REQUEST_ID_HEADER;
 
 /// How often expired idempotency keys and change events are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
-/// How long change events are kept for streams that resume.
-const EVENT_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// Every documented route, with the document its annotations build.
 fn api_routes() -> OpenApiRouter<AppState> {
@@ -243,7 +242,7 @@ async fn purge_expired(db: Db) {
             .run(|conn| {
                 let now = domain::now();
                 let keys = db::messages::purge_idempotency_keys(conn, now)?;
-                let events = db::events::purge(conn, now - EVENT_RETENTION)?;
+                let events = db::events::purge(conn, now - db::events::EVENT_RETENTION)?;
                 Ok((keys, events))
             })
             .await;

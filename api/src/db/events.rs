@@ -1,12 +1,16 @@
 //! The change log behind the live stream: one row per create, edit and delete.
 
 use chrono::NaiveDateTime;
-use diesel::dsl::{max, min};
+use diesel::dsl::max;
 use diesel::prelude::*;
 
 use super::models::MessageRow;
 use super::schema::{message_events, messages};
 use super::{DbConnection, DbError};
+use crate::position::Position;
+
+/// How long events are kept: a client that was away longer reloads instead of resuming.
+pub const EVENT_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -57,11 +61,17 @@ pub fn record(
         .map(drop)
 }
 
-/// Events after `after`, oldest first, at most `limit`.
-pub fn since(conn: &mut DbConnection, after: i64, limit: i64) -> Result<Vec<EventRow>, DbError> {
+/// The events a reader at `position` has not had, oldest first, at most `limit`.
+pub fn since(
+    conn: &mut DbConnection,
+    position: &Position,
+    limit: i64,
+) -> Result<Vec<EventRow>, DbError> {
+    let had: Vec<i64> = position.above().iter().copied().collect();
     let rows: Vec<(i64, String, i64, NaiveDateTime, Option<MessageRow>)> = message_events::table
         .left_join(messages::table.on(messages::id.eq(message_events::message_id)))
-        .filter(message_events::seq.gt(after))
+        .filter(message_events::seq.gt(position.floor()))
+        .filter(message_events::seq.ne_all(had))
         .order(message_events::seq.asc())
         .limit(limit)
         .select((
@@ -81,15 +91,44 @@ pub fn since(conn: &mut DbConnection, after: i64, limit: i64) -> Result<Vec<Even
         .collect())
 }
 
-/// The oldest and newest remembered event numbers.
-pub fn bounds(conn: &mut DbConnection) -> Result<(Option<i64>, Option<i64>), DbError> {
-    Ok(message_events::table
-        .select((min(message_events::seq), max(message_events::seq)))
-        .first(conn)?)
+/// The newest event's number (0 in an empty log).
+pub fn newest(conn: &mut DbConnection) -> Result<i64, DbError> {
+    let newest: Option<i64> = message_events::table.select(max(message_events::seq)).first(conn)?;
+    Ok(newest.unwrap_or(0))
 }
 
-/// Forgets events older than `before`; returns how many.
+/// Both ends of the remembered log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogEnds {
+    pub oldest: i64,
+    pub oldest_logged_at: NaiveDateTime,
+    pub newest: i64,
+}
+
+/// `None` for an empty log.
+pub fn ends(conn: &mut DbConnection) -> Result<Option<LogEnds>, DbError> {
+    let oldest: Option<(i64, NaiveDateTime)> = message_events::table
+        .select((message_events::seq, message_events::created_at))
+        .order(message_events::seq.asc())
+        .first(conn)
+        .optional()?;
+    match oldest {
+        Some((oldest, oldest_logged_at)) => {
+            Ok(Some(LogEnds { oldest, oldest_logged_at, newest: newest(conn)? }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Forgets events older than `before`, but the newest of them: that one stays as the
+/// horizon, so that a reader whose position is below the oldest event left can tell that
+/// events were forgotten (see `ends`). Returns how many were forgotten.
 pub fn purge(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, DbError> {
-    Ok(diesel::delete(message_events::table.filter(message_events::created_at.lt(before)))
+    let horizon: Option<i64> = message_events::table
+        .filter(message_events::created_at.lt(before))
+        .select(max(message_events::seq))
+        .first(conn)?;
+    let Some(horizon) = horizon else { return Ok(0) };
+    Ok(diesel::delete(message_events::table.filter(message_events::seq.lt(horizon)))
         .execute(conn)?)
 }

@@ -25,9 +25,17 @@ use crate::config::{DatabaseSettings, DatabaseTarget};
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 
-/// Name of the MySQL advisory lock that serialises migrations across replicas.
-const MIGRATION_LOCK: &str = "messages_api_migrations";
-const MIGRATION_LOCK_WAIT_SECS: u32 = 120;
+/// How long a replica waits for another one's migrations before it gives up (and retries).
+const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(120);
+/// How often the replica that migrates says it is still at it.
+const MIGRATION_HEARTBEAT: Duration = Duration::from_secs(2);
+/// A migration lock whose holder has not said so for this long belongs to a replica that
+/// died while migrating: another one takes it over.
+const MIGRATION_LOCK_STALE_SECS: u32 = 15;
+/// Galera's causality check for reads (bit 1 of `wsrep_sync_wait`: SELECT, SHOW and BEGIN):
+/// a node first applies every change the cluster committed before the read, so a read
+/// through any node sees the writes that were acknowledged before it.
+const WSREP_SYNC_WAIT_READS: u8 = 1;
 
 /// A checkout that takes this long had to wait for a connection to come free.
 const CHECKOUT_WAIT: Duration = Duration::from_millis(1);
@@ -50,6 +58,11 @@ pub enum DbError {
     /// the connection is fine. The client may retry.
     #[error("{0}")]
     Busy(String),
+    /// The transaction lost a deadlock, or a Galera node refused its commit because another
+    /// node committed a conflicting change first (error 1213). It was rolled back; running it
+    /// again is safe, and is done a few times before the client is asked to retry.
+    #[error("{0}")]
+    Conflict(String),
     /// The request stopped waiting before the work committed; it was rolled back.
     #[error("the request stopped waiting; the work was rolled back")]
     Abandoned,
@@ -79,7 +92,7 @@ impl DbError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Unavailable(_) | Self::OutcomeUnknown => "unavailable",
-            Self::Busy(_) | Self::Abandoned => "timeout",
+            Self::Busy(_) | Self::Conflict(_) | Self::Abandoned => "timeout",
             Self::Other(error) => match error.downcast_ref::<DieselError>() {
                 Some(DieselError::NotFound) => "not_found",
                 Some(DieselError::DatabaseError(
@@ -99,6 +112,12 @@ impl From<DieselError> for DbError {
     fn from(error: DieselError) -> Self {
         if is_connection_lost(&error) {
             Self::Unavailable("The database is unreachable; try again shortly.".into())
+        } else if is_conflict(&error) {
+            Self::Conflict(
+                "The change collided with a concurrent change and was rolled back; try again \
+                 shortly."
+                    .into(),
+            )
         } else if is_contention(&error) {
             Self::Busy("The database is busy; try again shortly.".into())
         } else if matches!(error, DieselError::RollbackTransaction) {
@@ -128,6 +147,9 @@ fn is_connection_lost(error: &DieselError) -> bool {
             "server closed the connection",
             "Server shutdown in progress",
             "Connection was killed",
+            // A Galera node that is not synced with its cluster refuses queries (error 1047):
+            // a new connection, through the load balancer, reaches one that is.
+            "WSREP has not yet prepared node",
         ]
         .iter()
         .any(|needle| info.message().contains(needle)),
@@ -135,18 +157,28 @@ fn is_connection_lost(error: &DieselError) -> bool {
     }
 }
 
-/// Errors of a transaction that waited too long for a lock or lost a deadlock: rolled back,
-/// worth retrying, and the connection stays good. SQLite's "database is locked" is one.
+/// A lost deadlock or a Galera certification failure (both error 1213, "Deadlock found
+/// when trying to get lock"): the transaction was rolled back at once, and running it again
+/// usually succeeds.
+fn is_conflict(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            info.message().contains("Deadlock found")
+        }
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => is_conflict(commit_error),
+        _ => false,
+    }
+}
+
+/// Errors of a transaction that waited too long for a lock: rolled back, worth retrying
+/// later, and the connection stays good. SQLite's "database is locked" is one.
 fn is_contention(error: &DieselError) -> bool {
     match error {
-        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => [
-            "database is locked",
-            "database table is locked",
-            "Lock wait timeout exceeded",
-            "Deadlock found",
-        ]
-        .iter()
-        .any(|needle| info.message().contains(needle)),
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            ["database is locked", "database table is locked", "Lock wait timeout exceeded"]
+                .iter()
+                .any(|needle| info.message().contains(needle))
+        }
         DieselError::RollbackErrorOnCommit { commit_error, .. } => is_contention(commit_error),
         _ => false,
     }
@@ -162,6 +194,8 @@ const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const COMMITTING: u8 = 2;
 const ABANDONED: u8 = 3;
+/// The request gave up while the commit was under way: the work is never run again.
+const ABANDONED_COMMITTING: u8 = 4;
 
 impl Ticket {
     /// The blocking thread takes the work up; false once the request gave up on it.
@@ -182,9 +216,7 @@ impl Ticket {
     /// results stand.
     fn settle<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
         match result {
-            Err(DbError::Unavailable(_)) if self.0.load(Ordering::Acquire) == COMMITTING => {
-                Err(DbError::OutcomeUnknown)
-            }
+            Err(DbError::Unavailable(_)) if self.is_committing() => Err(DbError::OutcomeUnknown),
             other => other,
         }
     }
@@ -192,10 +224,62 @@ impl Ticket {
     /// The request gives up. True when a commit may be under way or done, so that the
     /// outcome of the work is unknown; otherwise the work will not commit.
     fn abandon(&self) -> bool {
-        let before = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-            (state != COMMITTING).then_some(ABANDONED)
-        });
-        before == Err(COMMITTING)
+        let before =
+            self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| match state {
+                COMMITTING => Some(ABANDONED_COMMITTING),
+                ABANDONED_COMMITTING => None,
+                _ => Some(ABANDONED),
+            });
+        matches!(before, Ok(COMMITTING) | Err(ABANDONED_COMMITTING))
+    }
+
+    fn is_committing(&self) -> bool {
+        matches!(self.0.load(Ordering::Acquire), COMMITTING | ABANDONED_COMMITTING)
+    }
+
+    /// Work that failed in a way known to have rolled it back runs again, unless its request
+    /// gave up on it: true when it may.
+    fn rerun(&self) -> bool {
+        match self.0.compare_exchange(COMMITTING, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) | Err(RUNNING) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+/// When failed work runs again: a lost deadlock or a certification conflict (rolled back at
+/// once), and a connection lost before the commit was sent (the server rolls back what it
+/// had), a few times, while the request's wait for a connection lasts.
+#[derive(Debug, Default)]
+struct Retries {
+    done: u32,
+    /// The last failure lost its connection: the next checkout tests the one it gets.
+    connection_lost: bool,
+}
+
+/// How many times failed work runs again.
+const MAX_RETRIES: u32 = 3;
+/// Retries count them by the error's kind.
+pub const RETRIES_METRIC: &str = "db_retries_total";
+
+impl Retries {
+    /// Whether to run the work again after `error`, which it returned before its commit was
+    /// known to be under way (`settle` has not made it `OutcomeUnknown`).
+    fn another(&mut self, error: &DbError, committing: bool, deadline: Instant) -> bool {
+        let retryable = match error {
+            DbError::Conflict(_) => true,
+            DbError::Unavailable(_) => !committing,
+            _ => false,
+        };
+        if !retryable || self.done >= MAX_RETRIES || Instant::now() >= deadline {
+            return false;
+        }
+        self.done += 1;
+        self.connection_lost = matches!(error, DbError::Unavailable(_));
+        metrics::counter!(RETRIES_METRIC, "kind" => error.kind()).increment(1);
+        // 10, 20, 40 ms: a conflicting transaction on another node commits in that time.
+        std::thread::sleep(Duration::from_millis(10 << (self.done - 1)));
+        true
     }
 }
 
@@ -270,7 +354,7 @@ impl ConnectionManager {
     fn establish(&self) -> Result<DbConnection, ConnectionError> {
         match &self.target {
             DatabaseTarget::Mysql { url } => {
-                let mut conn = MysqlConnection::establish(url)?;
+                let mut conn = establish_mysql(url)?;
                 conn.batch_execute(&mysql_session_limits(self.lock_timeout))
                     .map_err(ConnectionError::CouldntSetupConfiguration)?;
                 Ok(DbConnection::Mysql(conn))
@@ -294,6 +378,19 @@ impl ConnectionManager {
             }
         }
     }
+}
+
+/// Connects to MySQL or MariaDB; on a Galera node, reads wait for the cluster's earlier
+/// commits (read-your-writes through any node). Other servers have no such variable.
+fn establish_mysql(url: &str) -> Result<MysqlConnection, ConnectionError> {
+    let mut conn = MysqlConnection::establish(url)?;
+    if let Err(error) =
+        conn.batch_execute(&format!("SET SESSION wsrep_sync_wait = {WSREP_SYNC_WAIT_READS}"))
+        && !error.to_string().contains("Unknown system variable")
+    {
+        return Err(ConnectionError::CouldntSetupConfiguration(error));
+    }
+    Ok(conn)
 }
 
 /// The server gives up a statement that waits longer than a request may for a row lock
@@ -343,6 +440,8 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pool: r2d2::Pool<ConnectionManager>,
+    /// MySQL only: the migration lock's heartbeat runs on a connection of its own.
+    mysql_url: Option<String>,
     /// The longest a request waits for a connection: queued for a blocking thread and
     /// checking one out, together.
     wait_limit: Duration,
@@ -366,6 +465,10 @@ impl Db {
                 Backend::Sqlite
             }
         };
+        let mysql_url = match &target {
+            DatabaseTarget::Mysql { url } => Some(url.clone()),
+            DatabaseTarget::Sqlite { .. } => None,
+        };
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size())
             .min_idle(Some(0))
@@ -377,6 +480,7 @@ impl Db {
             .build_unchecked(ConnectionManager { target, lock_timeout });
         Ok(Self {
             pool,
+            mysql_url,
             wait_limit: settings.pool_timeout(),
             lock_timeout,
             ready: Arc::new(AtomicBool::new(false)),
@@ -394,12 +498,12 @@ impl Db {
 
     /// Runs blocking diesel work on the blocking thread pool, with a pooled connection.
     /// Every read of the service goes through here.
-    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    pub async fn run<T, F>(&self, mut work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
     {
-        self.write(|conn, _| work(conn)).await
+        self.write(move |conn, _| work(conn)).await
     }
 
     /// Like `run`, for work that changes data: its transactions end with `CommitGate::enter`,
@@ -407,7 +511,7 @@ impl Db {
     pub async fn write<T, F>(&self, work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
     {
         if !self.is_ready() {
             return Err(DbError::Unavailable("The database is not ready yet.".into()));
@@ -422,17 +526,17 @@ impl Db {
     async fn run_unchecked<T, F>(&self, work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
     {
         self.run_blocking(work).await.inspect_err(|error| {
             metrics::counter!(ERRORS_METRIC, "kind" => error.kind()).increment(1);
         })
     }
 
-    async fn run_blocking<T, F>(&self, work: F) -> Result<T, DbError>
+    async fn run_blocking<T, F>(&self, mut work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&mut DbConnection, &CommitGate) -> Result<T, DbError> + Send + 'static,
     {
         let deadline = Instant::now() + self.wait_limit;
         let ticket = Arc::new(Ticket::default());
@@ -442,15 +546,28 @@ impl Db {
             if !gate.0.start() {
                 return Err(DbError::Abandoned);
             }
-            let mut conn = checkout(&pool, deadline)?;
-            if gate.0.is_abandoned() {
-                return Err(DbError::Abandoned);
+            let mut retries = Retries::default();
+            loop {
+                let mut conn = if retries.connection_lost {
+                    checkout_tested(&pool, deadline)?
+                } else {
+                    checkout(&pool, deadline)?
+                };
+                if gate.0.is_abandoned() {
+                    return Err(DbError::Abandoned);
+                }
+                let result = work(&mut conn.conn, &gate);
+                if matches!(result, Err(DbError::Unavailable(_))) {
+                    conn.broken = true;
+                }
+                drop(conn);
+                match result {
+                    Err(error)
+                        if retries.another(&error, gate.0.is_committing(), deadline)
+                            && gate.0.rerun() => {}
+                    result => return gate.0.settle(result),
+                }
             }
-            let result = work(&mut conn.conn, &gate);
-            if matches!(result, Err(DbError::Unavailable(_))) {
-                conn.broken = true;
-            }
-            gate.0.settle(result)
         });
         let mut waiting =
             Waiting { ticket, watch: COMMIT_WATCH.try_with(Clone::clone).ok(), done: false };
@@ -478,8 +595,9 @@ impl Db {
     /// Runs pending migrations; replicas starting together take turns.
     pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
         let lock_timeout = self.lock_timeout;
+        let url = self.mysql_url.clone();
         self.run_unchecked(move |conn, _| {
-            run_migrations(conn, lock_timeout).map_err(DbError::Other)
+            run_migrations(conn, url.as_deref(), lock_timeout).map_err(DbError::Other)
         })
         .await
     }
@@ -521,6 +639,21 @@ impl Db {
     }
 }
 
+/// Checks out a connection that answers a ping, discarding dead ones: after a connection
+/// was lost, the pool's other idle connections to the same server are likely dead too.
+fn checkout_tested(
+    pool: &r2d2::Pool<ConnectionManager>,
+    deadline: Instant,
+) -> Result<r2d2::PooledConnection<ConnectionManager>, DbError> {
+    loop {
+        let mut conn = checkout(pool, deadline)?;
+        if conn.conn.ping().is_ok() {
+            return Ok(conn);
+        }
+        conn.broken = true;
+    }
+}
+
 fn no_connection(reason: impl std::fmt::Display) -> DbError {
     DbError::Unavailable(format!("No database connection is available ({reason})."))
 }
@@ -543,30 +676,31 @@ fn checkout(
     })
 }
 
-fn run_migrations(conn: &mut DbConnection, lock_timeout: Duration) -> anyhow::Result<Vec<String>> {
+fn run_migrations(
+    conn: &mut DbConnection,
+    mysql_url: Option<&str>,
+    lock_timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
     let names = |versions: Vec<diesel::migration::MigrationVersion<'_>>| {
         versions.into_iter().map(|v| v.to_string()).collect::<Vec<_>>()
     };
     match conn {
         DbConnection::Mysql(conn) => {
-            use diesel::RunQueryDsl;
-            use diesel::sql_types::{BigInt, Nullable};
-            let locked: Option<i64> = diesel::select(diesel::dsl::sql::<Nullable<BigInt>>(
-                &format!("GET_LOCK('{MIGRATION_LOCK}', {MIGRATION_LOCK_WAIT_SECS})"),
-            ))
-            .get_result(conn)?;
-            if locked != Some(1) {
-                anyhow::bail!("another replica held the migration lock for too long");
-            }
+            let url = mysql_url.context("a MySQL connection without a MySQL URL")?;
+            let lock = MigrationLock::acquire(conn)?;
             // Schema changes may wait for other sessions' table locks longer than a
             // request may: the server's defaults apply while migrating.
             conn.batch_execute(
                 "SET SESSION innodb_lock_wait_timeout = DEFAULT, lock_wait_timeout = DEFAULT",
             )?;
-            let result = conn.run_pending_migrations(MYSQL_MIGRATIONS).map(names);
+            let result = lock.while_held(url, || {
+                conn.run_pending_migrations(MYSQL_MIGRATIONS)
+                    .map(names)
+                    .map_err(|e| anyhow!("migration failed: {e}"))
+            });
             conn.batch_execute(&mysql_session_limits(lock_timeout))?;
-            conn.batch_execute(&format!("DO RELEASE_LOCK('{MIGRATION_LOCK}')"))?;
-            result.map_err(|e| anyhow!("migration failed: {e}"))
+            lock.release(conn)?;
+            result
         }
         // The immediate transaction holds SQLite's write lock: a second process waits.
         DbConnection::Sqlite(conn) => conn.immediate_transaction(|conn| {
@@ -574,6 +708,102 @@ fn run_migrations(conn: &mut DbConnection, lock_timeout: Duration) -> anyhow::Re
                 .map(names)
                 .map_err(|e| anyhow!("migration failed: {e}"))
         }),
+    }
+}
+
+/// Serialises migrations across replicas with a row that only one of them can insert.
+/// `GET_LOCK()` would be local to one server, so two replicas connected to different
+/// nodes of a Galera cluster would both hold it; a committed row is cluster-wide (two
+/// nodes inserting it at once: one commit fails certification). The holder refreshes the
+/// row while it migrates; a row nobody refreshes is a dead replica's and is taken over.
+struct MigrationLock {
+    holder: String,
+}
+
+impl MigrationLock {
+    fn acquire(conn: &mut MysqlConnection) -> anyhow::Result<Self> {
+        use diesel::RunQueryDsl;
+        use diesel::sql_types::Text;
+        conn.batch_execute(
+            "CREATE TABLE IF NOT EXISTS migration_lock (
+                id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+                holder VARCHAR(100) NOT NULL,
+                heartbeat_at DATETIME(6) NOT NULL
+            ) ENGINE = InnoDB",
+        )?;
+        let holder = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
+        let given_up = Instant::now() + MIGRATION_LOCK_WAIT;
+        loop {
+            let inserted = diesel::sql_query(
+                "INSERT INTO migration_lock (id, holder, heartbeat_at) \
+                 VALUES (1, ?, UTC_TIMESTAMP(6))",
+            )
+            .bind::<Text, _>(&holder)
+            .execute(conn);
+            match inserted {
+                Ok(_) => return Ok(Self { holder }),
+                // Held by another replica: a duplicate key, or a certification conflict
+                // with the node that inserted it at the same time.
+                Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {}
+                Err(error) => match DbError::from(error) {
+                    DbError::Conflict(_) => {}
+                    error => return Err(error.into()),
+                },
+            }
+            let taken_over = diesel::sql_query(format!(
+                "DELETE FROM migration_lock WHERE id = 1 \
+                 AND heartbeat_at < UTC_TIMESTAMP(6) - INTERVAL {MIGRATION_LOCK_STALE_SECS} SECOND"
+            ))
+            .execute(conn)
+            .map_err(DbError::from);
+            if let Ok(1) = taken_over {
+                tracing::warn!(
+                    "took over the migration lock of a replica that stopped migrating \
+                     without releasing it"
+                );
+                continue;
+            }
+            if Instant::now() >= given_up {
+                anyhow::bail!("another replica held the migration lock for too long");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Runs `work` while a connection of its own refreshes the lock.
+    fn while_held<T>(&self, url: &str, work: impl FnOnce() -> T) -> T {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let holder = &self.holder;
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let Ok(mut conn) = establish_mysql(url) else { return };
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(MIGRATION_HEARTBEAT)
+                {
+                    use diesel::RunQueryDsl;
+                    let refreshed = diesel::sql_query(
+                        "UPDATE migration_lock SET heartbeat_at = UTC_TIMESTAMP(6) \
+                         WHERE id = 1 AND holder = ?",
+                    )
+                    .bind::<diesel::sql_types::Text, _>(holder)
+                    .execute(&mut conn);
+                    if let Err(error) = refreshed {
+                        tracing::warn!(%error, "cannot refresh the migration lock");
+                    }
+                }
+            });
+            let result = work();
+            drop(stop);
+            result
+        })
+    }
+
+    fn release(self, conn: &mut MysqlConnection) -> anyhow::Result<()> {
+        use diesel::RunQueryDsl;
+        diesel::sql_query("DELETE FROM migration_lock WHERE id = 1 AND holder = ?")
+            .bind::<diesel::sql_types::Text, _>(&self.holder)
+            .execute(conn)?;
+        Ok(())
     }
 }
 
@@ -593,6 +823,9 @@ mod tests {
             "Can't connect to server on '127.0.0.1' (111)",
             "Server shutdown in progress",
             "Connection was killed",
+            // A Galera node that is not synced with its cluster refuses queries (error 1047):
+            // a new connection, through the load balancer, reaches one that is.
+            "WSREP has not yet prepared node",
         ] {
             let error = database_error(DatabaseErrorKind::Unknown, message);
             assert!(is_connection_lost(&error), "{message}");
@@ -616,14 +849,58 @@ mod tests {
     }
 
     #[test]
-    fn lock_waits_and_deadlocks_are_contention() {
-        for message in [
+    fn lock_waits_are_contention_and_deadlocks_conflicts() {
+        let wait = database_error(
+            DatabaseErrorKind::Unknown,
             "Lock wait timeout exceeded; try restarting transaction",
+        );
+        assert!(!is_connection_lost(&wait) && is_contention(&wait) && !is_conflict(&wait));
+        assert!(matches!(DbError::from(wait), DbError::Busy(_)));
+        // A lost deadlock, and a Galera certification failure: the same error 1213.
+        let deadlock = database_error(
+            DatabaseErrorKind::Unknown,
             "Deadlock found when trying to get lock; try restarting transaction",
-        ] {
-            let error = database_error(DatabaseErrorKind::Unknown, message);
-            assert!(!is_connection_lost(&error) && is_contention(&error), "{message}");
-        }
+        );
+        assert!(!is_connection_lost(&deadlock) && is_conflict(&deadlock));
+        assert!(matches!(DbError::from(deadlock), DbError::Conflict(_)));
+    }
+
+    #[test]
+    fn a_galera_node_that_is_not_synced_is_an_unusable_connection() {
+        let error = database_error(
+            DatabaseErrorKind::Unknown,
+            "WSREP has not yet prepared node for application use",
+        );
+        assert!(matches!(DbError::from(error), DbError::Unavailable(_)));
+    }
+
+    #[test]
+    fn conflicts_and_connections_lost_before_the_commit_run_again_a_few_times() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let conflict = DbError::Conflict("1213".into());
+        let lost = DbError::Unavailable("gone away".into());
+        let mut retries = Retries::default();
+        assert!(retries.another(&lost, false, far) && retries.connection_lost);
+        assert!(retries.another(&conflict, false, far) && !retries.connection_lost);
+        assert!(retries.another(&conflict, true, far), "a refused commit is known rolled back");
+        assert!(!retries.another(&conflict, false, far), "at most {MAX_RETRIES} times");
+
+        let mut retries = Retries::default();
+        assert!(!retries.another(&lost, true, far), "lost while committing: outcome unknown");
+        assert!(!retries.another(&DbError::Busy("lock wait".into()), false, far));
+        assert!(!retries.another(&conflict, false, Instant::now()), "the wait is over");
+    }
+
+    #[test]
+    fn work_runs_again_only_while_its_request_waits() {
+        let gate = CommitGate(Arc::default());
+        assert!(gate.0.start());
+        assert!(gate.enter().is_ok());
+        assert!(gate.0.rerun(), "a commit refused by certification runs again");
+        assert!(gate.enter().is_ok(), "and may commit");
+        assert!(gate.0.abandon(), "given up while committing");
+        assert!(!gate.0.rerun(), "never runs again");
+        assert!(gate.0.is_committing());
     }
 
     #[test]

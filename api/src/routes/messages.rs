@@ -246,7 +246,8 @@ pub async fn get_message(
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid message", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or busy, or the edit kept colliding with concurrent edits of the message (on a Galera cluster: another node's; each collision is retried a few times first): nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         (status = 504, description = "The time limit passed, or the database connection failed, while the edit was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -281,7 +282,8 @@ pub async fn update_message(
          headers(("WWW-Authenticate" = String))),
         (status = 403, description = "The token does not open this message", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or busy, or the delete kept colliding with concurrent changes of the message (each collision is retried a few times first): nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         (status = 504, description = "The time limit passed, or the database connection failed, while the delete was being committed: read the message back to see whether it took effect (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -1,27 +1,33 @@
 //! `GET /api/messages/stream`: changes as Server-Sent Events.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use chrono::NaiveDateTime;
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::db::events;
+use crate::db::events::{self, EventRow};
+use crate::db::{DbConnection, DbError};
+use crate::domain::now as epoch_now;
 use crate::error::{ApiError, Problem};
-use crate::events::ChangeEvent;
+use crate::events::{ChangeEvent, Delivery};
+use crate::position::Position;
 
 /// Heartbeats keep proxies and clients from timing out an idle stream.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// The most events replayed to a reconnecting client; further behind, it is told to reload.
 const REPLAY_LIMIT: i64 = 1000;
+/// The longest a new stream waits for the watcher to read the log up to the present.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
@@ -45,70 +51,84 @@ pub struct StreamEvent {
 
 /// Streams changes to messages as Server-Sent Events.
 ///
-/// Events: `created` and `updated` carry the Message, `deleted` carries `{"id": N}`; each has
-/// the change's sequence number as its `id`. A new stream starts with `ready` (its `id` is
-/// the current position). Reconnecting with `Last-Event-ID` replays what was missed; when
-/// that is no longer possible the stream starts with `reset`, and the client should reload
-/// the list. A `:heartbeat` comment comes every 10 seconds.
+/// Events: `created` and `updated` carry the Message, `deleted` carries `{"id": N}`. Each
+/// event's `id` is the stream's position: send it back as `Last-Event-ID` to resume. It is
+/// a number while changes commit in order (every change up to it), and otherwise lists the
+/// changes had beyond the gap (`41.2.3x2`: up to 41, then 43, 46 and 49); treat it as an
+/// opaque token. A new stream starts with `ready` (its `id` is the current position).
+/// Reconnecting with `Last-Event-ID` replays exactly what was missed; when that is no longer
+/// possible the stream starts with `reset`, and the client should reload the list. A
+/// `:heartbeat` comment comes every 10 seconds.
 #[utoipa::path(
     get,
     path = "/api/messages/stream",
     tag = "messages",
-    params(("Last-Event-ID" = Option<i64>, Header, description = "The id of the last event received", minimum = 0)),
+    params(("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received", pattern = r"^[0-9]+(\.[0-9]+(x[0-9]+)?)*$", example = "41.2.3x2")),
     responses(
         (status = 200, description = "An endless stream of events", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "Malformed Last-Event-ID", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or the stream is starting", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn stream_messages(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let last_seen = match headers.get(LAST_EVENT_ID) {
+    let claimed = match headers.get(LAST_EVENT_ID) {
         None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .filter(|v| *v >= 0)
-                .ok_or_else(|| {
-                    ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
-                })?,
-        ),
+        Some(value) => Some(value.to_str().ok().and_then(Position::parse).ok_or_else(|| {
+            ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
+        })?),
     };
-    // Subscribe before reading the log, so nothing falls between the two.
-    let live = state.events.subscribe();
-    let (first, last) = state.db.run(events::bounds).await?;
-    let head = last.unwrap_or(0);
-    // Live events at or below `start` were replayed already, or predate the stream.
-    let (first_events, start, replayed): (Vec<Event>, i64, HashSet<i64>) = match last_seen {
-        None => (vec![marker("ready", head)], head, HashSet::new()),
-        Some(seen) if seen == head => (Vec::new(), seen, HashSet::new()),
-        Some(seen)
-            if seen < head
-                && head - seen <= REPLAY_LIMIT
-                && first.is_some_and(|f| f <= seen + 1) =>
-        {
-            let rows = state.db.run(move |conn| events::since(conn, seen, REPLAY_LIMIT)).await?;
-            let missed: Vec<ChangeEvent> =
-                rows.into_iter().filter_map(ChangeEvent::from_row).collect();
-            (missed.iter().map(sse_event).collect(), seen, missed.iter().map(|e| e.seq).collect())
+    let (live, now) = match claimed {
+        // A new stream starts once the watcher has read what the log held when it was
+        // asked for: what committed before then is the client's list, not news.
+        None => {
+            let newest = state.db.run(events::newest).await?;
+            state.events.caught_up_with(newest, CATCH_UP_WAIT).await
         }
-        // Too far back to replay: the client must reload.
-        Some(_) => (vec![marker("reset", head)], head, HashSet::new()),
+        // Subscribe before reading the log, so nothing falls between the two.
+        Some(_) => state.events.subscribe(),
+    }
+    .ok_or_else(|| {
+        ApiError::Unavailable("The live stream is starting; try again shortly.".into())
+    })?;
+    let (first_events, position) = match claimed {
+        None => (vec![marker("ready", &now)], StreamPosition::Shared(now)),
+        Some(claimed) => {
+            let from = claimed.clone();
+            let replay = state.db.run(move |conn| replay_since(conn, &from, epoch_now())).await?;
+            match replay {
+                Some(rows) => {
+                    let mut had = claimed;
+                    let mut events = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        had.insert(row.seq);
+                        if let Some(event) = ChangeEvent::from_row(row) {
+                            events.push(sse_event(&event, &had.to_string()));
+                        }
+                    }
+                    // Every event sent before the subscription is had now: it was either
+                    // claimed or replayed.
+                    had.merge(&now);
+                    (events, StreamPosition::Own(had))
+                }
+                // Too far back to replay: the client must reload.
+                None => (vec![marker("reset", &now)], StreamPosition::Shared(now)),
+            }
+        }
     };
-    let live = stream::unfold((live, replayed), move |(mut live, replayed)| async move {
+    let live = stream::unfold((live, position), |(mut live, mut position)| async move {
         loop {
             match live.recv().await {
-                Ok(event) if event.seq > start && !replayed.contains(&event.seq) => {
-                    return Some((sse_event(&event), (live, replayed)));
+                Ok(delivery) => {
+                    if let Some(event) = position.deliver(&delivery) {
+                        return Some((event, (live, position)));
+                    }
                 }
-                Ok(_) => {}
                 // This reader fell too far behind: it must reload.
                 Err(RecvError::Lagged(_)) => {
-                    return Some((Event::default().event("reset").data("{}"), (live, replayed)));
+                    return Some((Event::default().event("reset").data("{}"), (live, position)));
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -128,10 +148,65 @@ pub async fn stream_messages(
     Ok(response)
 }
 
-fn marker(kind: &str, head: i64) -> Event {
-    Event::default().event(kind).id(head.to_string()).data(json!({ "seq": head }).to_string())
+/// What a stream has had. Most streams have had exactly what the watcher has sent, and
+/// share its positions and their tokens; a resumed one may have had more (events replayed
+/// that the watcher sends later, or a position from a replica further on) until the
+/// watcher catches up.
+enum StreamPosition {
+    Shared(Arc<Position>),
+    Own(Position),
 }
 
-fn sse_event(event: &ChangeEvent) -> Event {
-    Event::default().event(event.kind.as_str()).id(event.seq.to_string()).data(&event.data)
+impl StreamPosition {
+    /// The event to send for a live delivery, or `None` if this stream has had it.
+    fn deliver(&mut self, delivery: &Delivery) -> Option<Event> {
+        match self {
+            Self::Shared(position) if position.contains(delivery.event.seq) => None,
+            // The watcher's positions only grow: its new one covers the old.
+            Self::Shared(position) => {
+                *position = delivery.position.clone();
+                Some(sse_event(&delivery.event, &delivery.token))
+            }
+            Self::Own(position) if position.contains(delivery.event.seq) => None,
+            Self::Own(position) => {
+                position.merge(&delivery.position);
+                if *position == *delivery.position {
+                    *self = Self::Shared(delivery.position.clone());
+                    return Some(sse_event(&delivery.event, &delivery.token));
+                }
+                Some(sse_event(&delivery.event, &position.to_string()))
+            }
+        }
+    }
+}
+
+/// The events a client at `claimed` missed, oldest first; `None` when they cannot all be
+/// replayed: too many, forgotten already, or a position this log never reached.
+fn replay_since(
+    conn: &mut DbConnection,
+    claimed: &Position,
+    now: NaiveDateTime,
+) -> Result<Option<Vec<EventRow>>, DbError> {
+    let Some(ends) = events::ends(conn)? else {
+        return Ok((claimed.highest() == 0).then(Vec::new));
+    };
+    // The oldest event is kept as the horizon when older ones are purged (`events::purge`).
+    let forgotten =
+        claimed.floor() < ends.oldest - 1 && ends.oldest_logged_at < now - events::EVENT_RETENTION;
+    if forgotten || claimed.highest() > ends.newest {
+        return Ok(None);
+    }
+    let rows = events::since(conn, claimed, REPLAY_LIMIT + 1)?;
+    Ok((rows.len() as i64 <= REPLAY_LIMIT).then_some(rows))
+}
+
+fn marker(kind: &str, position: &Position) -> Event {
+    Event::default()
+        .event(kind)
+        .id(position.to_string())
+        .data(json!({ "seq": position.floor() }).to_string())
+}
+
+fn sse_event(event: &ChangeEvent, token: &str) -> Event {
+    Event::default().event(event.kind.as_str()).id(token).data(&event.data)
 }

@@ -3,6 +3,7 @@
 
 mod messages;
 mod metrics;
+mod migrations;
 mod replay;
 mod service;
 mod stream;

@@ -110,6 +110,20 @@ impl TestDatabase {
         url.into()
     }
 
+    /// Runs SQL on the test database directly, beside the app (either backend).
+    pub fn execute(&self, sql: &str) {
+        use diesel::connection::SimpleConnection;
+        let url = self.url();
+        match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path).expect("open SQLite");
+                conn.batch_execute(&format!("PRAGMA busy_timeout = 5000; {sql}"))
+            }
+            None => self.mysql().batch_execute(sql),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// A direct connection to the test database (MySQL only).
     pub fn mysql(&self) -> MysqlConnection {
         MysqlConnection::establish(&self.url()).expect("connect to the test database")
