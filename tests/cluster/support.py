@@ -129,7 +129,8 @@ class Cluster:
 
     def create_database(self, name: str | None = None) -> str:
         name = name or f"cluster_{uuid.uuid4().hex[:12]}"
-        self.sql(1, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        node = next(n for n in NODES if self.synced(n))
+        self.sql(node, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
         return name
 
 

@@ -21,29 +21,32 @@ def _present_on(cluster, node, database, ids):
 def test_kill_9_of_the_node_haproxy_uses_fails_nothing_and_loses_no_acknowledged_write(cluster, replicas):
     database = replicas[0].database
     victim = cluster.active_node()
-    with Load([api.base for api in replicas]) as load:
-        load.wait_for_requests(100)
-        killed_at = time.monotonic()
-        cluster.kill(victim)
-        eventually(lambda: cluster.servers()[f"node{victim}"]["status"].startswith("DOWN"), 10,
-                   f"HAProxy to mark node{victim} down")
-        marked_down = time.monotonic() - killed_at
-        load.wait_for_requests(300)
-        time.sleep(3)
-    answers = load.snapshot()
-    print(f"kill -9 node{victim}: HAProxy marked it down after {marked_down:.1f}s; {load.summary()}")
-    bad = problems(answers)
-    assert not bad, f"{len(bad)} of {len(answers)} answers failed or took over 2 s: {bad[:8]}"
-    assert sum(1 for a in answers if a.status == 503) <= len(answers) // 20, load.summary()
-
-    ids = load.created_ids()
-    assert len(ids) > 50, load.summary()
-    for node in NODES:
-        if node != victim:
-            assert not _present_on(cluster, node, database, ids), f"acknowledged writes missing on node{node}"
-    cluster.start(victim)
-    assert not _present_on(cluster, victim, database, ids), f"acknowledged writes missing on node{victim} " \
-                                                              "after it rejoined"
+    try:
+        with Load([api.base for api in replicas]) as load:
+            load.wait_for_requests(100)
+            killed_at = time.monotonic()
+            cluster.kill(victim)
+            eventually(lambda: cluster.servers()[f"node{victim}"]["status"].startswith("DOWN"), 10,
+                       f"HAProxy to mark node{victim} down")
+            marked_down = time.monotonic() - killed_at
+            load.wait_for_requests(300)
+            time.sleep(3)
+        answers = load.snapshot()
+        print(f"kill -9 node{victim}: HAProxy marked it down after {marked_down:.1f}s; {load.summary()}")
+        bad = problems(answers)
+        assert not bad, f"{len(bad)} of {len(answers)} answers failed or took over 2 s: {bad[:8]}"
+        assert sum(1 for a in answers if a.status == 503) <= len(answers) // 20, load.summary()
+        ids = load.created_ids()
+        assert len(ids) > 50, load.summary()
+        for node in NODES:
+            if node != victim:
+                assert not _present_on(cluster, node, database, ids), f"acknowledged writes missing on node{node}"
+    finally:
+        rejoin_started = time.monotonic()
+        cluster.start(victim)
+        print(f"node{victim} rejoined and Synced {time.monotonic() - rejoin_started:.1f}s after its restart")
+    assert not _present_on(cluster, victim, database, load.created_ids()), \
+        f"acknowledged writes missing on node{victim} after it rejoined"
     eventually(lambda: cluster.servers()[f"node{victim}"]["status"] == "UP", 10, f"node{victim} UP in HAProxy")
 
 
