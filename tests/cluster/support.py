@@ -41,11 +41,13 @@ def eventually(check, timeout: float, what: str, interval: float = 0.2):
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether the process runs; a zombie (a node this test restarted, exited but not yet
+    reaped) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 class Cluster:
