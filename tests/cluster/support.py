@@ -355,12 +355,20 @@ class Load:
         eventually(lambda: len(self.snapshot()) >= start + count, timeout, f"{count} more requests")
 
 
-def problems(answers: list[Answer], slowest: float = 2.0) -> list[Answer]:
+def outcome_unknown(answer: Answer) -> bool:
+    """The documented 504 of a commit whose connection died with it: it may or may not have
+    been saved, and only a retry with the same Idempotency-Key is safe."""
+    return answer.status == 504 and isinstance(answer.body, dict) \
+        and answer.body.get("type") == "/problems/outcome-unknown"
+
+
+def problems(answers: list[Answer], slowest: float = 2.0, allow_outcome_unknown: bool = False) -> list[Answer]:
     """Answers that break the rules under failure: anything but a 2xx or a documented 503
-    with Retry-After as problem+json, or an answer slower than `slowest` seconds."""
+    with Retry-After as problem+json (or, if allowed, the outcome-unknown 504), or an answer
+    slower than `slowest` seconds."""
     bad = []
     for a in answers:
-        ok_status = 200 <= a.status < 300 or (
+        ok_status = 200 <= a.status < 300 or (allow_outcome_unknown and outcome_unknown(a)) or (
             a.status in RETRYABLE and "retry-after" in a.headers
             and a.headers.get("content-type", "").startswith("application/problem+json"))
         if not ok_status or a.seconds > slowest:

@@ -7,7 +7,7 @@ from support import NODES, Load, eventually, problems
 
 # How long a drained node may keep sessions before they are cut (see the README's
 # planned-maintenance procedure).
-DRAIN_WAIT = 15
+DRAIN_WAIT = 20
 
 
 def _present_on(cluster, node, database, ids):
@@ -33,7 +33,9 @@ def test_kill_9_of_the_node_haproxy_uses_fails_nothing_and_loses_no_acknowledged
             time.sleep(3)
         answers = load.snapshot()
         print(f"kill -9 node{victim}: HAProxy marked it down after {marked_down:.1f}s; {load.summary()}")
-        bad = problems(answers)
+        # A create whose commit was on the wire when the node died cannot know its outcome:
+        # the documented 504 (the client repeats it with its Idempotency-Key).
+        bad = problems(answers, allow_outcome_unknown=True)
         assert not bad, f"{len(bad)} of {len(answers)} answers failed or took over 2 s: {bad[:8]}"
         assert sum(1 for a in answers if a.status == 503) <= len(answers) // 20, load.summary()
         ids = load.created_ids()
@@ -56,19 +58,19 @@ def test_planned_stop_of_the_node_haproxy_uses_fails_no_request(cluster, replica
     server = f"mysql/node{victim}"
     with Load([api.base for api in replicas]) as load:
         load.wait_for_requests(100)
-        # 1. No new connections to the node; established ones stay.
+        # 1. No new connections to the node; established ones stay until their client
+        # closes them.
         assert cluster.haproxy(f"set server {server} state drain").strip() == ""
         started = time.monotonic()
         try:
-            eventually(lambda: cluster.servers()[f"node{victim}"]["scur"] == "0", DRAIN_WAIT,
-                       f"the sessions on node{victim} to move")
+            eventually(lambda: cluster.servers()[f"node{victim}"]["scur"] == "0", DRAIN_WAIT, "")
             moved = f"sessions moved after {time.monotonic() - started:.1f}s"
         except AssertionError:
-            # 2. Sessions that stay (pooled connections) are cut; the API reconnects through
-            # HAProxy to the next node.
+            # 2. Sessions still there are cut: an idle pooled connection is then replaced
+            # through HAProxy, but a commit on the wire at that moment is lost (504).
             left = cluster.servers()[f"node{victim}"]["scur"]
             cluster.haproxy(f"shutdown sessions server {server}")
-            moved = f"{left} sessions still open after {DRAIN_WAIT}s, cut"
+            moved = f"{left} sessions still open after {DRAIN_WAIT}s (the API's pooled connections), cut"
         load.wait_for_requests(100)
         # 3. The graceful stop.
         cluster.shutdown(victim)
