@@ -49,7 +49,7 @@ def test_kill_9_of_the_node_haproxy_uses_fails_nothing_and_loses_no_acknowledged
         print(f"node{victim} rejoined and Synced {time.monotonic() - rejoin_started:.1f}s after its restart")
     assert not _present_on(cluster, victim, database, load.created_ids()), \
         f"acknowledged writes missing on node{victim} after it rejoined"
-    eventually(lambda: cluster.servers()[f"node{victim}"]["status"] == "UP", 10, f"node{victim} UP in HAProxy")
+    eventually(lambda: cluster.servers()[f"node{victim}"]["status"] == "UP", 15, f"node{victim} UP in HAProxy")
 
 
 def test_planned_stop_of_the_node_haproxy_uses_fails_no_request(cluster, replicas):
