@@ -1,5 +1,5 @@
 # The project's commands. `make run` serves the app; `make test` runs every test.
-.PHONY: run test test-cluster test-containers test-monitoring test-pipeline coverage bench chaos openapi lint fmt clean
+.PHONY: run test test-cluster test-containers test-k8s test-monitoring test-pipeline coverage bench chaos openapi lint fmt clean
 
 run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
 	scripts/run
@@ -12,6 +12,9 @@ test-cluster: ## Only the cluster tests: three Galera nodes behind HAProxy, two 
 
 test-containers: ## Only the container tests: both images, both compose stacks, blue/green deploys, on a real Docker Engine
 	scripts/test-containers
+
+test-k8s: ## Only the Kubernetes manifests' tests: kubectl kustomize | kubernetes-validate --strict per supported version, agreement with compose
+	scripts/test-k8s
 
 test-monitoring: ## Only the monitoring tests: promtool, amtool, alert unit tests, alerts firing in a real Prometheus (builds the API first)
 	cargo build --locked -p messages-api

@@ -50,10 +50,11 @@ wait_for() {
 
 # Installs a pinned PyPI tool into a virtualenv of the project's (target/tools/venv, outside
 # git) and prints the path of its bin folder. Usage: bin=$(pip_tool schemathesis==4.32.5)
+# PIP_TOOL_VENV names another virtualenv, for tools that must not share the common one.
 pip_tool() {
     local root venv
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-    venv="$root/target/tools/venv"
+    venv="${PIP_TOOL_VENV:-$root/target/tools/venv}"
     if [ ! -x "$venv/bin/pip" ]; then
         python3 -m venv "$venv" >&2 2>/dev/null || {
             ensure_packages python3-venv >&2

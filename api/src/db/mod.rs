@@ -37,6 +37,11 @@ const MIGRATION_LOCK_STALE_SECS: u32 = 15;
 /// through any node sees the writes that were acknowledged before it.
 const WSREP_SYNC_WAIT_READS: u8 = 1;
 
+/// Connections are replaced after this long (when they come back to the pool, or idle): a
+/// load balancer's change of server (a drained Galera node, a failover back) reaches every
+/// connection within it, so a node can be stopped without cutting one that is in use.
+const CONNECTION_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// A checkout that takes this long had to wait for a connection to come free.
 const CHECKOUT_WAIT: Duration = Duration::from_millis(1);
 
@@ -342,6 +347,7 @@ impl Drop for Waiting {
 pub struct PooledConnection {
     conn: DbConnection,
     broken: bool,
+    born: Instant,
 }
 
 pub struct ConnectionManager {
@@ -407,15 +413,17 @@ impl r2d2::ManageConnection for ConnectionManager {
 
     fn connect(&self) -> Result<PooledConnection, ConnectionError> {
         let conn = self.establish()?;
-        Ok(PooledConnection { conn, broken: false })
+        Ok(PooledConnection { conn, broken: false, born: Instant::now() })
     }
 
     fn is_valid(&self, conn: &mut PooledConnection) -> Result<(), ConnectionError> {
         conn.conn.ping().map(|_| ()).map_err(ConnectionError::CouldntSetupConfiguration)
     }
 
+    /// Checked when a connection comes back to the pool: one past `CONNECTION_MAX_AGE` is
+    /// closed too.
     fn has_broken(&self, conn: &mut PooledConnection) -> bool {
-        conn.broken || conn.conn.is_broken()
+        conn.broken || conn.conn.is_broken() || conn.born.elapsed() >= CONNECTION_MAX_AGE
     }
 }
 
@@ -476,6 +484,8 @@ impl Db {
             // Connections are checked by their failures instead (see `has_broken`): a ping
             // on every checkout would double the round trips of every request.
             .test_on_check_out(false)
+            .max_lifetime(Some(CONNECTION_MAX_AGE))
+            .idle_timeout(Some(CONNECTION_MAX_AGE))
             .error_handler(Box::new(QuietErrorHandler))
             .build_unchecked(ConnectionManager { target, lock_timeout });
         Ok(Self {
@@ -889,6 +899,19 @@ mod tests {
         assert!(!retries.another(&lost, true, far), "lost while committing: outcome unknown");
         assert!(!retries.another(&DbError::Busy("lock wait".into()), false, far));
         assert!(!retries.another(&conflict, false, Instant::now()), "the wait is over");
+    }
+
+    #[test]
+    fn connections_are_replaced_once_old() {
+        use r2d2::ManageConnection;
+        let manager = ConnectionManager {
+            target: DatabaseTarget::Sqlite { path: ":memory:".into() },
+            lock_timeout: Duration::from_secs(1),
+        };
+        let mut conn = manager.connect().unwrap();
+        assert!(!manager.has_broken(&mut conn));
+        conn.born -= CONNECTION_MAX_AGE;
+        assert!(manager.has_broken(&mut conn), "closed when it comes back to the pool");
     }
 
     #[test]
