@@ -191,6 +191,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     body: object = None
     error: str = ""
+    started: float = 0.0  # time.monotonic() when it was sent
 
     def __repr__(self) -> str:
         detail = self.error or json.dumps(self.body)[:300]
@@ -216,9 +217,10 @@ def request(method: str, url: str, body: object = None, headers: dict[str, str] 
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = raw.decode(errors="replace")
-        return Answer(method, url, response.status, time.monotonic() - started, answer_headers, parsed)
+        return Answer(method, url, response.status, time.monotonic() - started, answer_headers, parsed,
+                      started=started)
     except OSError as error:
-        return Answer(method, url, 0, time.monotonic() - started, error=repr(error))
+        return Answer(method, url, 0, time.monotonic() - started, error=repr(error), started=started)
     finally:
         conn.close()
 
