@@ -50,14 +50,15 @@ def test_kill_9_of_the_node_haproxy_uses_fails_nothing_and_loses_no_acknowledged
         rejoin_started = time.monotonic()
         cluster.start(victim)
         print(f"node{victim} rejoined and Synced {time.monotonic() - rejoin_started:.1f}s after its restart")
+        eventually(lambda: cluster.servers()[f"node{victim}"]["status"] == "UP", 15, f"node{victim} UP in HAProxy")
     assert not _present_on(cluster, victim, database, load.created_ids()), \
         f"acknowledged writes missing on node{victim} after it rejoined"
-    eventually(lambda: cluster.servers()[f"node{victim}"]["status"] == "UP", 15, f"node{victim} UP in HAProxy")
 
 
 def test_planned_stop_of_the_node_haproxy_uses_fails_no_request(cluster, replicas):
     database = replicas[0].database
     victim = cluster.active_node()
+    states = {name: row["status"] for name, row in cluster.servers().items()}
     server = f"mysql/node{victim}"
     with Load([api.base for api in replicas]) as load:
         load.wait_for_requests(100)
@@ -80,7 +81,7 @@ def test_planned_stop_of_the_node_haproxy_uses_fails_no_request(cluster, replica
         load.wait_for_requests(200)
         time.sleep(2)
     answers = load.snapshot()
-    print(f"planned stop of node{victim}: {moved}; {load.summary()}")
+    print(f"planned stop of node{victim} (HAProxy's servers before: {states}): {moved}; {load.summary()}")
     failed = [a for a in answers if not 200 <= a.status < 300]
     ids = load.created_ids()
     try:
