@@ -276,7 +276,7 @@ class Stream:
                     name, _, value = line.partition(":")
                     value = value.removeprefix(" ")
                     fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             pass  # closed by close()
 
     def snapshot(self) -> list[Event]:
