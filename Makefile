@@ -1,11 +1,14 @@
 # The project's commands. `make run` serves the app; `make test` runs every test.
-.PHONY: run test test-containers test-k8s test-monitoring test-pipeline coverage bench chaos openapi lint fmt clean
+.PHONY: run test test-cluster test-containers test-k8s test-monitoring test-pipeline coverage bench chaos openapi lint fmt clean
 
 run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
 	scripts/run
 
 test: ## Lint, then run every test against real SQLite and MariaDB
 	scripts/test
+
+test-cluster: ## Only the cluster tests: three Galera nodes behind HAProxy, two API replicas, contract, stream, failover
+	scripts/test-cluster
 
 test-containers: ## Only the container tests: both images, both compose stacks, blue/green deploys, on a real Docker Engine
 	scripts/test-containers

@@ -1,0 +1,236 @@
+# shellcheck shell=bash
+# A throwaway three-node MariaDB Galera cluster on loopback with HAProxy in front, for the
+# cluster tests and the cluster benchmark. Everything lives in one temporary folder: each
+# node's data, socket, config and logs, and HAProxy's config, runtime socket and log. It
+# never touches a system server or its data. Source scripts/lib/common.sh first.
+#
+#   galera_start   starts the cluster and HAProxy; exports GALERA_DIR, GALERA_NODE_PORTS,
+#                  HAPROXY_PORT, HAPROXY_SOCKET and TEST_MYSQL_URL (through HAProxy)
+#   galera_stop    kills everything started and removes the folder (use it in traps)
+#
+# Node N (1-3) is started from its own option file, $GALERA_DIR/nodeN/my.cnf, so that a
+# test can kill a node and start it again exactly as here (galera_node_start N).
+
+GALERA_PACKAGES=(galera-4 mariadb-server mariadb-client rsync haproxy)
+GALERA_NODES=3
+# The user HAProxy's health check logs in as; it needs no privilege (scripts/lib/galera-check).
+GALERA_CHECK_USER=haproxy_check
+GALERA_CHECK_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/galera-check"
+
+# galera_node_start N [--wsrep-new-cluster]: starts node N in the background.
+galera_node_start() {
+    local n=$1
+    shift
+    "$(PATH="$PATH:/usr/sbin" command -v mariadbd)" --defaults-file="$GALERA_DIR/node$n/my.cnf" "$@" \
+        </dev/null >/dev/null 2>&1 &
+    # Stopped through its pid file, by galera_stop or a test; no job notice when killed.
+    disown
+}
+
+# galera_node_sql N SQL: runs SQL as root on node N through its socket.
+galera_node_sql() {
+    mariadb --no-defaults --socket="$GALERA_DIR/node$1/mariadb.sock" -uroot -N -B -e "$2"
+}
+
+# galera_node_synced N: whether node N is a synced member of a three-node cluster.
+galera_node_synced() {
+    local status
+    status=$(galera_node_sql "$1" "SHOW GLOBAL STATUS WHERE Variable_name IN
+        ('wsrep_cluster_size', 'wsrep_local_state_comment', 'wsrep_ready')" 2>/dev/null) || return 1
+    grep -qx $'wsrep_cluster_size\t'"$GALERA_NODES" <<<"$status" &&
+        grep -qx $'wsrep_local_state_comment\tSynced' <<<"$status" &&
+        grep -qx $'wsrep_ready\tON' <<<"$status"
+}
+
+# galera_wait_synced N: waits until node N is synced, or fails with its log.
+galera_wait_synced() {
+    if ! wait_for 120 galera_node_synced "$1"; then
+        echo "node $1 did not reach Synced; its log ($GALERA_DIR/node$1/error.log):" >&2
+        tail -n 40 "$GALERA_DIR/node$1/error.log" >&2
+        return 1
+    fi
+}
+
+# Writes node N's option file. Ports: client P, group communication G, IST I, SST S.
+_galera_node_config() {
+    local n=$1 port=$2 gcomm=$3 ist=$4 sst=$5 cluster=$6 dir="$GALERA_DIR/node$1"
+    mkdir -p "$dir/data"
+    local user=""
+    [ "$(id -u)" -eq 0 ] && user="user=mysql"
+    cat >"$dir/my.cnf" <<EOF
+[mariadbd]
+$user
+datadir=$dir/data
+socket=$dir/mariadb.sock
+port=$port
+bind-address=127.0.0.1
+skip-name-resolve
+pid-file=$dir/mariadb.pid
+log-error=$dir/error.log
+max-connections=500
+innodb_buffer_pool_size=64M
+# Galera's requirements: row events, interleaved auto-increment locks.
+binlog_format=ROW
+default_storage_engine=InnoDB
+innodb_autoinc_lock_mode=2
+# A commit is durable once certified by the group; the log is flushed once a second (the
+# usual Galera setting: a node that loses its last second recovers it by IST).
+innodb_flush_log_at_trx_commit=2
+wsrep_on=ON
+wsrep_provider=/usr/lib/galera/libgalera_smm.so
+wsrep_cluster_name=messages
+wsrep_cluster_address=gcomm://$cluster
+wsrep_node_name=node$n
+wsrep_node_address=127.0.0.1
+# IST's default port (the group port + 1) would collide with the next node's group port.
+# A node that stops answering is declared gone after 1 s instead of 5 s, and the survivors
+# agree on the new view in 0.2 s steps instead of 1 s: until then the cluster holds every
+# commit (a kill -9 stalled commits 2.0 s with 1 s steps, 1.3 s with these). Shorter
+# suspect timeouts (0.5-0.7 s) were tried: on two loaded shared cores a busy SST donor or
+# a starved node was then evicted too, and the cluster did not form.
+wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$gcomm;ist.recv_addr=127.0.0.1:$ist;gcache.size=128M;evs.keepalive_period=PT0.2S;evs.inactive_check_period=PT0.2S;evs.suspect_timeout=PT1S;evs.inactive_timeout=PT2S;evs.install_timeout=PT2S;evs.join_retrans_period=PT0.2S"
+wsrep_sst_method=rsync
+wsrep_sst_receive_address=127.0.0.1:$sst
+wsrep_slave_threads=2
+EOF
+}
+
+# Writes HAProxy's config: one node at a time (the others are backups), checked for Synced.
+_haproxy_config() {
+    local dir="$GALERA_DIR/haproxy" n
+    mkdir -p "$dir"
+    {
+        cat <<EOF
+global
+    maxconn 4000
+    pidfile $dir/haproxy.pid
+    # The runtime API, for planned maintenance (set server mysql/node1 state drain).
+    stats socket $dir/haproxy.sock mode 600 level admin
+    # The health check runs a script (galera-check), which needs fork().
+    external-check
+    insecure-fork-wanted
+
+defaults
+    mode tcp
+    log global
+    timeout connect 1s
+    # Longer than the API keeps an idle pooled connection (r2d2: 10 minutes).
+    timeout client 1h
+    timeout server 1h
+    timeout check 2s
+    retries 3
+    option redispatch
+
+listen mysql
+    bind 127.0.0.1:$HAPROXY_PORT
+    option external-check
+    external-check path "/usr/bin:/bin"
+    external-check command $GALERA_CHECK_SCRIPT
+    # A node is taken out, and its sessions cut so that clients reconnect to the next node,
+    # after three failed checks (a check forks the mysql client: on loaded cores one may
+    # be slow), or at once when live traffic cannot connect to it (a crash). Two passed
+    # checks bring it back.
+    default-server check inter 1s fastinter 500ms downinter 1s rise 2 fall 3 on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error mark-down
+EOF
+        for n in $(seq 1 "$GALERA_NODES"); do
+            local backup=""
+            [ "$n" -gt 1 ] && backup=" backup"
+            echo "    server node$n 127.0.0.1:${GALERA_NODE_PORTS[$((n - 1))]}$backup"
+        done
+    } >"$dir/haproxy.cfg"
+}
+
+galera_start() {
+    ensure_packages "${GALERA_PACKAGES[@]}"
+    GALERA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/messages-galera.XXXXXX")
+    export GALERA_DIR
+    local n gcomm=() ist=() sst=() cluster=""
+    GALERA_NODE_PORTS=()
+    for n in $(seq 1 "$GALERA_NODES"); do
+        GALERA_NODE_PORTS+=("$(free_port)")
+        gcomm+=("$(free_port)")
+        ist+=("$(free_port)")
+        sst+=("$(free_port)")
+        cluster+="${cluster:+,}127.0.0.1:${gcomm[-1]}"
+    done
+    for n in $(seq 1 "$GALERA_NODES"); do
+        _galera_node_config "$n" "${GALERA_NODE_PORTS[$((n - 1))]}" "${gcomm[$((n - 1))]}" \
+            "${ist[$((n - 1))]}" "${sst[$((n - 1))]}" "$cluster"
+    done
+
+    step "Starting a three-node Galera cluster on 127.0.0.1 ports ${GALERA_NODE_PORTS[*]} ($GALERA_DIR)"
+    # As root, the nodes run as mysql: the rsync daemon of an SST, started by a node as root,
+    # would drop to "nobody" and could not write the joiner's data folder.
+    local user=()
+    if [ "$(id -u)" -eq 0 ]; then
+        user=(--user=mysql)
+        chmod 755 "$GALERA_DIR"
+        chown -R mysql:mysql "$GALERA_DIR"
+    fi
+    # Only the first node is initialised; the others receive its data by SST when they join.
+    mariadb-install-db --no-defaults "${user[@]}" --datadir="$GALERA_DIR/node1/data" \
+        --auth-root-authentication-method=normal --skip-test-db >"$GALERA_DIR/install.log" 2>&1 || {
+        cat "$GALERA_DIR/install.log" >&2
+        return 1
+    }
+    galera_node_start 1 --wsrep-new-cluster
+    if ! wait_for 60 galera_node_sql 1 "SELECT 1"; then
+        tail -n 40 "$GALERA_DIR/node1/error.log" >&2
+        return 1
+    fi
+    galera_node_sql 1 "CREATE USER 'messages'@'127.0.0.1' IDENTIFIED BY 'messages';
+        GRANT ALL PRIVILEGES ON *.* TO 'messages'@'127.0.0.1' WITH GRANT OPTION;
+        CREATE USER '$GALERA_CHECK_USER'@'127.0.0.1';"
+    for n in $(seq 2 "$GALERA_NODES"); do
+        galera_node_start "$n"
+    done
+    for n in $(seq 1 "$GALERA_NODES"); do
+        galera_wait_synced "$n"
+    done
+    echo "All $GALERA_NODES nodes Synced, wsrep_cluster_size=$GALERA_NODES"
+
+    HAPROXY_PORT=$(free_port)
+    HAPROXY_SOCKET="$GALERA_DIR/haproxy/haproxy.sock"
+    _haproxy_config
+    step "Starting HAProxy on 127.0.0.1:$HAPROXY_PORT (node1 active, node2 and node3 backups)"
+    haproxy -c -q -f "$GALERA_DIR/haproxy/haproxy.cfg"
+    haproxy -D -f "$GALERA_DIR/haproxy/haproxy.cfg" >"$GALERA_DIR/haproxy/haproxy.log" 2>&1
+    wait_for 30 _haproxy_node_up node1
+    export GALERA_NODE_PORTS_LIST="${GALERA_NODE_PORTS[*]}" HAPROXY_PORT HAPROXY_SOCKET
+    export TEST_MYSQL_URL="mysql://messages:messages@127.0.0.1:$HAPROXY_PORT"
+}
+
+# haproxy_command CMD: one command on HAProxy's runtime socket (e.g. "show servers state").
+haproxy_command() {
+    python3 - "$HAPROXY_SOCKET" "$1" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+print(b"".join(iter(lambda: s.recv(65536), b"")).decode(), end="")
+EOF
+}
+
+# Whether HAProxy reports the server as UP.
+_haproxy_node_up() {
+    haproxy_command "show stat" | grep -q "^mysql,$1,.*,UP,"
+}
+
+galera_stop() {
+    [ -n "${GALERA_DIR:-}" ] && [ -d "$GALERA_DIR" ] || return 0
+    step "Stopping HAProxy and the Galera cluster"
+    local pidfile pid
+    for pidfile in "$GALERA_DIR"/haproxy/haproxy.pid "$GALERA_DIR"/node*/mariadb.pid; do
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        kill -9 "$pid" 2>/dev/null || true
+        # Gone before its files are removed.
+        wait_for 10 bash -c "! kill -0 $pid" || true
+    done
+    # The rsync daemons of an SST still running, started from the nodes' folders.
+    for pidfile in "$GALERA_DIR"/node*/data/rsync_sst.pid; do
+        [ -f "$pidfile" ] && kill -9 "$(cat "$pidfile")" 2>/dev/null
+    done
+    rm -rf "$GALERA_DIR"
+    GALERA_DIR=
+}

@@ -1,0 +1,86 @@
+"""Fixtures of the cluster tests: the running cluster, the API binary, API replicas.
+
+Run through scripts/test-cluster, which starts the three Galera nodes and HAProxy
+(scripts/lib/galera.sh) and passes them in GALERA_DIR, GALERA_NODE_PORTS_LIST,
+HAPROXY_PORT and HAPROXY_SOCKET.
+
+    API_BIN   the API binary (default target/debug/messages-api; not built here)
+
+The run's folder (API logs) is removed after a green run and kept, with its path printed,
+after a failed one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from support import NODES, ROOT, Api, Cluster
+
+RUN_DIR = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session")
+def run_dir(request) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="messages-cluster."))
+    request.config.stash[RUN_DIR] = path
+    return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = session.config.stash.get(RUN_DIR, None)
+    if path and exitstatus == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    path = config.stash.get(RUN_DIR, None)
+    if path and path.exists():
+        terminalreporter.write_line(f"Logs of the failed run are kept in {path} (*/replica-*.log)", red=True)
+
+
+@pytest.fixture(scope="session")
+def api_bin() -> Path:
+    path = Path(os.environ.get("API_BIN", ROOT / "target/debug/messages-api")).resolve()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"No API binary at {path}: build it with 'cargo build -p messages-api' or set API_BIN.",
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    if "GALERA_DIR" not in os.environ:
+        pytest.fail("No cluster: run these tests with scripts/test-cluster (make test-cluster).", pytrace=False)
+    cluster = Cluster()
+    for node in NODES:
+        assert cluster.synced(node), f"node{node} is not Synced: {cluster.status(node)}"
+    return cluster
+
+
+@pytest.fixture
+def start_api(api_bin, run_dir, request):
+    """Starts API replicas (not waiting for them); all are stopped after the test."""
+    started: list[Api] = []
+    folder = run_dir / request.node.name
+
+    def start(database_url: str, name: str, **env: str) -> Api:
+        api = Api(api_bin, database_url, folder, name, **env)
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.stop()
+
+
+@pytest.fixture
+def replicas(cluster, start_api) -> tuple[Api, Api]:
+    """Two replicas through HAProxy on a fresh database, ready."""
+    url = cluster.url(database=cluster.create_database())
+    first = start_api(url, "replica-a").wait_ready()
+    second = start_api(url, "replica-b").wait_ready()
+    return first, second
