@@ -83,7 +83,10 @@ fn raise_nofile_limit() -> anyhow::Result<u64> {
 async fn run(args: &Args, nofile: u64) -> anyhow::Result<report::Report> {
     // The writer's connection, stdio and the runtime need a few descriptors beyond the streams.
     if (args.subscribers as u64) + 32 > nofile {
-        bail!("{} subscribers need more file descriptors than the limit of {nofile}", args.subscribers);
+        bail!(
+            "{} subscribers need more file descriptors than the limit of {nofile}",
+            args.subscribers
+        );
     }
     println!(
         "fanout: opening {} streams to http://{}/api/messages/stream ({} at a time)",

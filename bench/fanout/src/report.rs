@@ -195,7 +195,11 @@ impl Percentiles {
             let n = values.len();
             values[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1]
         };
-        Self { p50: round(rank(50.0)), p99: round(rank(99.0)), max: round(values[values.len() - 1]) }
+        Self {
+            p50: round(rank(50.0)),
+            p99: round(rank(99.0)),
+            max: round(values[values.len() - 1]),
+        }
     }
 }
 

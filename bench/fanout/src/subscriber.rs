@@ -83,8 +83,7 @@ impl Subscriber {
                 }
             }
             attempt += 1;
-            let session =
-                self.session(&mut seen, &mut last_event_id, &mut was_ready, &mut attempt);
+            let session = self.session(&mut seen, &mut last_event_id, &mut was_ready, &mut attempt);
             tokio::select! {
                 () = session => {}
                 _ = stop.wait_for(|s| *s) => return seen,

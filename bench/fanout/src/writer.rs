@@ -25,7 +25,11 @@ struct Created {
 }
 
 /// Makes `count` writes at `rate` per second; a broken connection is replaced.
-pub async fn write_spaced(target: SocketAddr, count: usize, rate: f64) -> anyhow::Result<Vec<Write>> {
+pub async fn write_spaced(
+    target: SocketAddr,
+    count: usize,
+    rate: f64,
+) -> anyhow::Result<Vec<Write>> {
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connection = Connection::open(target).await.context("connecting the writer")?;
