@@ -130,7 +130,9 @@ async fn run(args: &Args, nofile: u64) -> anyhow::Result<report::Report> {
     let ready_seconds = started.elapsed().as_secs_f64();
     println!("fanout: all {} ready after {ready_seconds:.1} s; writing", args.subscribers);
 
-    let writes = writer::write_spaced(args.target, args.writes, args.rate).await?;
+    let writing = Instant::now();
+    let writes = writer::write_spaced(args.target, args.writes, args.rate).await;
+    let writes_seconds = writing.elapsed().as_secs_f64();
     let expected = writes.iter().filter(|w| w.message_id.is_some()).count() * args.subscribers;
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
     while counters.created.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
@@ -141,5 +143,5 @@ async fn run(args: &Args, nofile: u64) -> anyhow::Result<report::Report> {
     for task in tasks {
         logs.push(task.await?);
     }
-    Ok(report::Report::build(args, ready_seconds, &writes, &logs, &counters))
+    Ok(report::Report::build(args, ready_seconds, writes_seconds, &writes, &logs, &counters))
 }

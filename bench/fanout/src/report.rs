@@ -19,6 +19,8 @@ pub struct Report {
     ready_seconds: f64,
     writes: usize,
     writes_per_second: f64,
+    /// From the first write's start to the last one's answer.
+    writes_seconds: f64,
     /// Writes answered 201 with a message id: the ones whose delivery is timed.
     writes_created: usize,
     /// Delivery of each write's `created` event, from the arrival of the write's 201 at
@@ -68,6 +70,7 @@ impl Report {
     pub fn build(
         args: &Args,
         ready_seconds: f64,
+        writes_seconds: f64,
         writes: &[Write],
         logs: &[Vec<Seen>],
         counters: &Counters,
@@ -122,6 +125,7 @@ impl Report {
             ready_seconds: round(ready_seconds),
             writes: writes.len(),
             writes_per_second: args.rate,
+            writes_seconds: round(writes_seconds),
             writes_created,
             latency_ms: spread(from_answer),
             latency_from_send_ms: spread(from_send),
@@ -145,12 +149,13 @@ impl Report {
         let e = &self.errors;
         let _ = writeln!(
             out,
-            "{} subscribers, {} ready in {:.1} s; {} writes at {}/s, {} answered 201",
+            "{} subscribers, {} ready in {:.1} s; {} writes at {}/s in {:.1} s, {} answered 201",
             self.subscribers,
             self.ready,
             self.ready_seconds,
             self.writes,
             self.writes_per_second,
+            self.writes_seconds,
             self.writes_created
         );
         let _ = writeln!(out, "delivery after the write's 201 (ms)   p50      p99      max");
