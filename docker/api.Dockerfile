@@ -19,6 +19,9 @@ WORKDIR /src
 FROM chef AS planner
 COPY Cargo.toml Cargo.lock ./
 COPY api/ api/
+# A workspace member: cargo needs its manifest and sources to read the workspace, though
+# only the API is built.
+COPY bench/fanout/ bench/fanout/
 COPY migrations/ migrations/
 RUN cargo chef prepare --recipe-path recipe.json
 
@@ -27,6 +30,7 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p messages-api
 COPY Cargo.toml Cargo.lock ./
 COPY api/ api/
+COPY bench/fanout/ bench/fanout/
 COPY migrations/ migrations/
 RUN cargo build --release --locked -p messages-api \
     && cp target/release/messages-api /usr/local/bin/messages-api

@@ -57,10 +57,15 @@ driver_start() {
     driver_stop "$color"
     echo "starting $tag as $color on 127.0.0.1:$port (log: $log)"
     printf '=== %s: starting %s\n' "$(date -u +%FT%TZ)" "$tag" >>"$log"
-    # setsid: the process outlives this script and its terminal.
-    HOST=127.0.0.1 PORT="$port" RUN_MIGRATIONS=false \
-        setsid "$(process_binary "$tag")" serve </dev/null >>"$log" 2>&1 &
-    echo $! >"$DEPLOY_STATE_DIR/$color.pid"
+    # setsid: the process outlives this script and its terminal. Each open event stream
+    # holds a descriptor, so the soft limit goes up to the hard one (as the containers'
+    # `ulimits: nofile` do).
+    (
+        ulimit -n "$(ulimit -Hn)"
+        HOST=127.0.0.1 PORT="$port" RUN_MIGRATIONS=false \
+            setsid "$(process_binary "$tag")" serve </dev/null >>"$log" 2>&1 &
+        echo $! >"$DEPLOY_STATE_DIR/$color.pid"
+    )
 }
 
 driver_status() {

@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,16 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 RULES_SNAPSHOT = "iptables-before.rules"
+
+
+def container_nofile() -> int:
+    """The descriptors the compose files give web and api by default (nginx.conf's
+    worker_rlimit_nofile), capped at this machine's hard limit: an engine cannot give a
+    container more than it has itself, and a container that asks for more does not start."""
+    conf = (ROOT / "nginx" / "nginx.conf").read_text()
+    wanted = int(re.search(r"^worker_rlimit_nofile (\d+);", conf, re.MULTILINE).group(1))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
 def running(pid: int) -> bool:
@@ -86,6 +97,7 @@ class Engine:
         env = dict(os.environ, DOCKER_HOST=self.host)
         # Compose v2 is a CLI plugin found through the config folder (see compose_plugin).
         env["DOCKER_CONFIG"] = str(self.home / "docker-config")
+        env.setdefault("NOFILE_LIMIT", str(container_nofile()))
         return env
 
     def docker(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
