@@ -26,8 +26,9 @@ test-pipeline: ## Only the pipeline gates' and the EC2 host's tests: dependency 
 coverage: ## Line coverage of the Rust tests with cargo-tarpaulin; report in target/reports/coverage/
 	scripts/coverage
 
-bench: ## Benchmark: release API, nginx and MariaDB with 1,000,000 rows, then 10,000 live streams; report in bench/results/
+bench: ## Benchmark: release API, nginx and MariaDB with 1,000,000 rows, then 10,000 live streams, then list and create on a three-node Galera cluster; reports in bench/results/
 	scripts/bench
+	scripts/bench-cluster
 
 chaos: ## Only the fault tests (database outage, crash, graceful stop), against a throwaway MariaDB
 	scripts/chaos
