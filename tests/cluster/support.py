@@ -296,8 +296,10 @@ class Stream:
             self.response.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader
         except (AttributeError, OSError):
             pass
-        self.conn.close()
+        # The reader ends on the shut-down socket; closing the connection under it would
+        # race with its read.
         self.thread.join(5)
+        self.conn.close()
 
 
 class Load:

@@ -93,6 +93,13 @@ class StreamReader:
             pass
 
     def close(self):
+        # Shutting the socket down ends the reader's read; closing the response under a
+        # read in progress would race with it.
+        try:
+            self._response.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass
+        self._thread.join(5)
         self._response.close()
 
 
