@@ -13,33 +13,19 @@ after a failed one.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import pytest
-from support import NODES, ROOT, Api, Cluster
 
-RUN_DIR = pytest.StashKey[Path]()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+import harness  # noqa: E402
+from support import NODES, ROOT, Api, Cluster  # noqa: E402
 
-@pytest.fixture(scope="session")
-def run_dir(request) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="messages-cluster."))
-    request.config.stash[RUN_DIR] = path
-    return path
-
-
-def pytest_sessionfinish(session, exitstatus):
-    path = session.config.stash.get(RUN_DIR, None)
-    if path and exitstatus == 0:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    path = config.stash.get(RUN_DIR, None)
-    if path and path.exists():
-        terminalreporter.write_line(f"Logs of the failed run are kept in {path} (*/replica-*.log)", red=True)
+run_dir = harness.run_dir_fixture("messages-cluster.")
+pytest_sessionfinish = harness.remove_run_dir_after_green_run
+pytest_terminal_summary = harness.report_kept_run_dir("*/replica-*.log")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from harness import eventually, free_port  # noqa: F401  (re-exported to the tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 NODES = (1, 2, 3)
 # What the API may answer when the database is briefly unavailable or a commit lost a
@@ -23,21 +25,6 @@ NODES = (1, 2, 3)
 RETRYABLE = {503}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def eventually(check, timeout: float, what: str, interval: float = 0.2):
-    """Calls `check` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pid_alive(pid: int) -> bool:

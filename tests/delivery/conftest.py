@@ -13,42 +13,19 @@ logs) is removed after a green run and kept, with its path printed, after a fail
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT, MariaDB, MySQL, Server
 
-RUN_DIR = pytest.StashKey[Path]()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+import harness  # noqa: E402
+from support import ROOT, MariaDB, MySQL, Server  # noqa: E402
 
-@pytest.fixture(scope="session")
-def run_dir(request) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="messages-delivery."))
-    request.config.stash[RUN_DIR] = path
-    return path
-
-
-def pytest_sessionfinish(session, exitstatus):
-    path = session.config.stash.get(RUN_DIR, None)
-    if path and exitstatus == 0:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    path = config.stash.get(RUN_DIR, None)
-    if path and path.exists():
-        terminalreporter.write_line(f"Logs of the failed run are kept in {path} "
-                                    "(state/*.log, nginx/logs/, *.out)", red=True)
-
-
-def pytest_report_header(config):
-    url = os.environ.get("TEST_MYSQL_URL")
-    server = Server.parse(url) if url else None
-    return [f"API binary: {os.environ.get('API_BIN', 'target/debug/messages-api')}",
-            f"MySQL: {server.host}:{server.port} (TEST_MYSQL_URL)" if server
-            else "MySQL: a throwaway MariaDB started for this run"]
+run_dir = harness.run_dir_fixture("messages-delivery.")
+pytest_sessionfinish = harness.remove_run_dir_after_green_run
+pytest_terminal_summary = harness.report_kept_run_dir("state/*.log, nginx/logs/, *.out")
 
 
 @pytest.fixture(scope="session")

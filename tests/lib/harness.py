@@ -1,0 +1,68 @@
+"""What the pytest suites that start processes share: free ports, waiting on evidence, and
+the run's folder, removed after a green run and kept (its path printed) after a failed one.
+
+A suite's conftest.py puts this folder on sys.path and wires the folder's hooks:
+
+    run_dir = harness.run_dir_fixture("messages-delivery.")
+    pytest_sessionfinish = harness.remove_run_dir_after_green_run
+    pytest_terminal_summary = harness.report_kept_run_dir("state/*.log, *.out")
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+RUN_DIR = pytest.StashKey[Path]()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(check, timeout: float, what: str, interval: float = 0.2):
+    """Calls `check` until it returns something truthy; fails after `timeout` seconds. A
+    check raises when waiting longer cannot help (the process it waits for has exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_dir_fixture(prefix: str):
+    """A session fixture `run_dir`: a new temporary folder for the run's logs."""
+
+    @pytest.fixture(scope="session")
+    def run_dir(request) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        request.config.stash[RUN_DIR] = path
+        return path
+
+    return run_dir
+
+
+def remove_run_dir_after_green_run(session, exitstatus):
+    path = session.config.stash.get(RUN_DIR, None)
+    if path and exitstatus == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def report_kept_run_dir(what: str):
+    """A `pytest_terminal_summary` hook that prints where a failed run's logs are."""
+
+    def pytest_terminal_summary(terminalreporter, exitstatus, config):
+        path = config.stash.get(RUN_DIR, None)
+        if path and path.exists():
+            terminalreporter.write_line(f"Logs of the failed run are kept in {path} ({what})", red=True)
+
+    return pytest_terminal_summary
