@@ -21,20 +21,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import harness  # noqa: E402
-from support import ROOT, MariaDB, MySQL, Server  # noqa: E402
+from support import MariaDB, MySQL, Server  # noqa: E402
 
+api_bin = harness.api_bin
 run_dir = harness.run_dir_fixture("messages-delivery.")
 pytest_sessionfinish = harness.remove_run_dir_after_green_run
 pytest_terminal_summary = harness.report_kept_run_dir("state/*.log, nginx/logs/, *.out")
-
-
-@pytest.fixture(scope="session")
-def api_bin() -> Path:
-    path = Path(os.environ.get("API_BIN", ROOT / "target/debug/messages-api")).resolve()
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"No API binary at {path}: build it with 'cargo build -p messages-api' or set API_BIN.",
-                    pytrace=False)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
-"""What the pytest suites that start processes share: free ports, waiting on evidence, and
-the run's folder, removed after a green run and kept (its path printed) after a failed one.
+"""What the pytest suites that start processes share: free ports, waiting on evidence, the
+API binary, and the run's folder, removed after a green run and kept (its path printed)
+after a failed one.
 
-A suite's conftest.py puts this folder on sys.path and wires the folder's hooks:
+A suite's conftest.py puts this folder on sys.path and takes the fixtures and hooks:
 
+    api_bin = harness.api_bin
     run_dir = harness.run_dir_fixture("messages-delivery.")
     pytest_sessionfinish = harness.remove_run_dir_after_green_run
     pytest_terminal_summary = harness.report_kept_run_dir("state/*.log, *.out")
@@ -10,6 +12,7 @@ A suite's conftest.py puts this folder on sys.path and wires the folder's hooks:
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = pytest.StashKey[Path]()
 
 
@@ -37,6 +41,16 @@ def eventually(check, timeout: float, what: str, interval: float = 0.2):
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def api_bin() -> Path:
+    """The API binary under test: API_BIN, or the debug build (not built here)."""
+    path = Path(os.environ.get("API_BIN", ROOT / "target/debug/messages-api")).resolve()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"No API binary at {path}: build it with 'cargo build -p messages-api' or set API_BIN.",
+                    pytrace=False)
+    return path
 
 
 def run_dir_fixture(prefix: str):
