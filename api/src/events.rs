@@ -55,6 +55,11 @@ impl ChangeEvent {
         };
         Some(Self { seq: row.seq, kind: row.kind, data })
     }
+
+    /// The event on the wire, with `id` (a stream position) as its id.
+    pub fn frame(&self, id: &str) -> Bytes {
+        sse_frame(self.kind.as_str(), id, &self.data)
+    }
 }
 
 /// A live event as the watcher sends it: with the watcher's position once it is had, and
@@ -163,7 +168,7 @@ impl EventHub {
         let mut current = self.position.lock().expect("hub position");
         *current = Some(position.clone());
         if let Some(event) = event {
-            let frame = sse_frame(event.kind.as_str(), &position.to_string(), &event.data);
+            let frame = event.frame(&position.to_string());
             // No receivers is fine: nobody is streaming right now.
             let _ =
                 self.sender.send(Arc::new(Broadcast::Change(Delivery { event, position, frame })));

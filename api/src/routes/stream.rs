@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use crate::db::events::{self, EventRow};
 use crate::db::{DbConnection, DbError};
-use crate::domain::now as epoch_now;
+use crate::domain::now;
 use crate::error::{ApiError, Problem};
 use crate::events::{Broadcast, ChangeEvent, Delivery, HEARTBEAT_FRAME, sse_frame};
 use crate::position::Position;
@@ -80,7 +80,7 @@ pub async fn stream_messages(
             ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
         })?),
     };
-    let (live, now) = match claimed {
+    let (live, current) = match claimed {
         // A new stream starts once the watcher has read what the log held when it was
         // asked for: what committed before then is the client's list, not news.
         None => {
@@ -94,10 +94,10 @@ pub async fn stream_messages(
         ApiError::Unavailable("The live stream is starting; try again shortly.".into())
     })?;
     let (first_events, position) = match claimed {
-        None => (vec![marker("ready", &now)], StreamPosition::Shared(now)),
+        None => (vec![marker("ready", &current)], StreamPosition::Shared(current)),
         Some(claimed) => {
             let from = claimed.clone();
-            let replay = state.db.run(move |conn| replay_since(conn, &from, epoch_now())).await?;
+            let replay = state.db.run(move |conn| replay_since(conn, &from, now())).await?;
             match replay {
                 Some(rows) => {
                     let mut had = claimed;
@@ -105,16 +105,16 @@ pub async fn stream_messages(
                     for row in rows {
                         had.insert(row.seq);
                         if let Some(event) = ChangeEvent::from_row(row) {
-                            events.push(frame_of(&event, &had.to_string()));
+                            events.push(event.frame(&had.to_string()));
                         }
                     }
                     // Every event sent before the subscription is had now: it was either
                     // claimed or replayed.
-                    had.merge(&now);
+                    had.merge(&current);
                     (events, StreamPosition::Own(had))
                 }
                 // Too far back to replay: the client must reload.
-                None => (vec![marker("reset", &now)], StreamPosition::Shared(now)),
+                None => (vec![marker("reset", &current)], StreamPosition::Shared(current)),
             }
         }
     };
@@ -177,7 +177,7 @@ impl StreamPosition {
                     *self = Self::Shared(delivery.position.clone());
                     return Some(delivery.frame.clone());
                 }
-                Some(frame_of(&delivery.event, &position.to_string()))
+                Some(delivery.event.frame(&position.to_string()))
             }
         }
     }
@@ -205,8 +205,4 @@ fn replay_since(
 
 fn marker(kind: &str, position: &Position) -> Bytes {
     sse_frame(kind, &position.to_string(), &json!({ "seq": position.floor() }).to_string())
-}
-
-fn frame_of(event: &ChangeEvent, id: &str) -> Bytes {
-    sse_frame(event.kind.as_str(), id, &event.data)
 }
