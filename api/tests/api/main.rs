@@ -1,6 +1,8 @@
 //! Integration tests: the real server over real HTTP, on a fresh SQLite file and on a fresh
 //! database of a real MariaDB/MySQL server per test.
 
+#[path = "../common/mariadb.rs"]
+mod mariadb;
 mod messages;
 mod metrics;
 mod migrations;

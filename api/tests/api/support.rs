@@ -1,5 +1,5 @@
 //! Starts the real server on a free port against a real database: a fresh SQLite file, or a
-//! fresh database on the MariaDB/MySQL server named by TEST_MYSQL_URL.
+//! fresh database on the MariaDB/MySQL server of the tests (`crate::mariadb`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,14 +50,6 @@ macro_rules! both_backends {
 }
 pub(crate) use both_backends;
 
-/// The MariaDB/MySQL server the tests use (`make test` starts a throwaway one).
-pub fn mysql_server_url() -> String {
-    std::env::var("TEST_MYSQL_URL").expect(
-        "TEST_MYSQL_URL is not set: run the tests with `make test`, which starts a throwaway \
-         MariaDB, or set it to a server URL such as mysql://user:pass@127.0.0.1:3306",
-    )
-}
-
 /// A database of its own for one test, dropped afterwards.
 pub enum TestDatabase {
     Sqlite {
@@ -83,10 +75,10 @@ impl TestDatabase {
                 Self::Sqlite { _dir: dir, url }
             }
             Backend::Mysql => {
-                let server = mysql_server_url();
+                let server = crate::mariadb::server_url();
                 let name = format!("test_{}", uuid::Uuid::new_v4().simple());
                 let mut conn =
-                    MysqlConnection::establish(&server).expect("connect to TEST_MYSQL_URL");
+                    MysqlConnection::establish(&server).expect("connect to the MySQL server");
                 diesel::sql_query(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
                     .execute(&mut conn)
                     .expect("create test database");

@@ -1,6 +1,9 @@
 //! Fault tests on real processes: the database stopped under load, the API killed during
-//! writes, and the API stopped with requests in flight.
+//! writes, and the API stopped with requests in flight. They run one at a time, whatever
+//! `--test-threads` says: they time real outages and restarts, which parallel load would blur.
 
+#[path = "../common/mariadb.rs"]
+mod mariadb;
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +17,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{ApiProcess, Mariadb, SharedDatabase};
+use mariadb::Mariadb;
+use support::{ApiProcess, Database, one_at_a_time};
 
 /// What one request of the load saw.
 #[derive(Debug)]
@@ -47,7 +51,9 @@ const OUTAGE_POOL_SIZE: usize = 4;
 /// outcome-unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_outage_under_load_gives_quick_503s_and_loses_no_acknowledged_write() {
-    let mut db = Mariadb::start();
+    let _alone = one_at_a_time().await;
+    let mut server = Mariadb::start();
+    let db = Database::create_on(&server.url());
     let logs = tempfile::tempdir().unwrap();
     let pool_size = OUTAGE_POOL_SIZE.to_string();
     let api = ApiProcess::start(
@@ -76,7 +82,7 @@ async fn database_outage_under_load_gives_quick_503s_and_loses_no_acknowledged_w
         .collect();
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    db.stop();
+    server.stop();
     let outage = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let health = client.get(api.url("/health")).send().await.unwrap();
@@ -85,7 +91,7 @@ async fn database_outage_under_load_gives_quick_503s_and_loses_no_acknowledged_w
     assert_eq!(client.get(api.url("/health/live")).send().await.unwrap().status(), 200);
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
 
-    db.resume();
+    server.resume();
     let back = Instant::now();
     loop {
         let response = client.get(api.url("/api/messages")).send().await.unwrap();
@@ -159,6 +165,7 @@ async fn one_request(client: &reqwest::Client, base: &str, worker: usize, i: usi
 /// ones with their keys creates no duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_during_writes_loses_no_acknowledged_write_on_sqlite() {
+    let _alone = one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("crash.db").display());
     crash_during_writes(&url, dir.path()).await;
@@ -166,7 +173,8 @@ async fn crash_during_writes_loses_no_acknowledged_write_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_during_writes_loses_no_acknowledged_write_on_mysql() {
-    let db = SharedDatabase::create();
+    let _alone = one_at_a_time().await;
+    let db = Database::create();
     let logs = tempfile::tempdir().unwrap();
     crash_during_writes(&db.url(), logs.path()).await;
 }
@@ -254,6 +262,7 @@ async fn all_messages(client: &reqwest::Client, base: &str) -> HashMap<i64, Stri
 /// and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_zero() {
+    let _alone = one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("stop.db").display());
     let mut api = ApiProcess::start(&url, dir.path(), &[("SHUTDOWN_GRACE_SECS", "15")]);

@@ -1,20 +1,23 @@
-//! Real processes to break: the release-shaped `messages-api` binary as a child process and
-//! a MariaDB server of the test's own that can be stopped and started again.
+//! Real processes to break: the release-shaped `messages-api` binary as a child process, and
+//! databases on a MariaDB server of the test's own (`mariadb::Mariadb`, which it can stop and
+//! start again) or on the shared test server.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::mariadb;
 use diesel::{Connection, MysqlConnection, RunQueryDsl};
-use tempfile::TempDir;
+
+/// Held by each fault test for its whole run.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_AT_A_TIME.lock().await
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// The API binary running as a child process.
@@ -103,135 +106,35 @@ impl Drop for ApiProcess {
     }
 }
 
-/// A MariaDB server of this test's own (data directory, socket and port in a temp dir).
-pub struct Mariadb {
-    dir: TempDir,
-    pub port: u16,
-    child: Option<Child>,
-}
-
-const USER: &str = "faults";
-
-impl Mariadb {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut install = Command::new("mariadb-install-db");
-        install.args([
-            "--no-defaults",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ]);
-        install.arg(format!("--datadir={}", dir.path().join("data").display()));
-        if is_root() {
-            install.arg("--user=root");
-        }
-        let output = install.output().expect("mariadb-install-db runs (make test installs it)");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let mut server = Self { dir, port: free_port(), child: None };
-        server.resume();
-        let socket = server.socket();
-        let sql = format!(
-            "CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{USER}'; \
-             GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1'; CREATE DATABASE faults;"
-        );
-        let status = Command::new("mariadb")
-            .args([
-                "--no-defaults",
-                "-uroot",
-                &format!("--socket={}", socket.display()),
-                "-e",
-                &sql,
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        server
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("mariadb.sock")
-    }
-
-    /// The URL of the `faults` database.
-    pub fn url(&self) -> String {
-        format!("mysql://{USER}:{USER}@127.0.0.1:{}/faults", self.port)
-    }
-
-    pub fn connect(&self) -> MysqlConnection {
-        MysqlConnection::establish(&self.url()).expect("connect to the test MariaDB")
-    }
-
-    /// Starts the server (again) on its data directory and port, and waits until it answers.
-    pub fn resume(&mut self) {
-        let mariadbd = ["/usr/sbin/mariadbd", "/usr/bin/mariadbd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("mariadbd is installed");
-        let dir = self.dir.path();
-        let mut command = Command::new(mariadbd);
-        command.args([
-            "--no-defaults".to_owned(),
-            format!("--datadir={}", dir.join("data").display()),
-            format!("--socket={}", self.socket().display()),
-            format!("--port={}", self.port),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--skip-name-resolve".to_owned(),
-            format!("--pid-file={}", dir.join("mariadb.pid").display()),
-            format!("--log-error={}", dir.join("error.log").display()),
-        ]);
-        if is_root() {
-            command.arg("--user=root");
-        }
-        self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err()
-            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
-        {
-            assert!(Instant::now() < deadline, "MariaDB did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops the server (SIGTERM, as an orderly shutdown) and waits until it has exited.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A fresh database on the shared test server (TEST_MYSQL_URL), dropped afterwards.
-pub struct SharedDatabase {
+/// A fresh database, dropped afterwards: on the test server that TEST_MYSQL_URL names (or
+/// the throwaway one this process starts), or on a server of the test's own.
+pub struct Database {
     server: String,
     name: String,
 }
 
-impl SharedDatabase {
+impl Database {
     pub fn create() -> Self {
-        let server = std::env::var("TEST_MYSQL_URL")
-            .expect("TEST_MYSQL_URL is not set: run the tests with `make test`");
+        Self::create_on(&mariadb::server_url())
+    }
+
+    pub fn create_on(server: &str) -> Self {
         let name = format!("faults_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = MysqlConnection::establish(&server).unwrap();
+        let mut conn = MysqlConnection::establish(server).unwrap();
         diesel::sql_query(format!("CREATE DATABASE `{name}`")).execute(&mut conn).unwrap();
-        Self { server, name }
+        Self { server: server.to_owned(), name }
     }
 
     pub fn url(&self) -> String {
         format!("{}/{}", self.server, self.name)
     }
+
+    pub fn connect(&self) -> MysqlConnection {
+        MysqlConnection::establish(&self.url()).expect("connect to the test database")
+    }
 }
 
-impl Drop for SharedDatabase {
+impl Drop for Database {
     fn drop(&mut self) {
         if let Ok(mut conn) = MysqlConnection::establish(&self.server) {
             let _ = diesel::sql_query(format!("DROP DATABASE `{}`", self.name)).execute(&mut conn);
