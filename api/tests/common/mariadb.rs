@@ -72,20 +72,6 @@ pub struct Mariadb {
     watchdog: Option<Child>,
 }
 
-/// A server of a test's own, to break.
-#[allow(dead_code, reason = "the fault tests stop and resume a server; the HTTP tests do not")]
-impl Mariadb {
-    /// Installs a fresh data directory, starts the server and creates the `messages` user.
-    pub fn start() -> Self {
-        Self::try_start().unwrap_or_else(|reason| panic!("{reason}"))
-    }
-
-    /// Starts the server again on its data directory and port, and waits until it answers.
-    pub fn resume(&mut self) {
-        self.launch().unwrap_or_else(|reason| panic!("{reason}"));
-    }
-}
-
 impl Mariadb {
     /// Installs a fresh data directory, starts the server and creates the `messages` user.
     fn try_start() -> Result<Self, String> {
@@ -203,6 +189,20 @@ impl Mariadb {
 
     fn error_log(&self) -> PathBuf {
         self.dir.path().join("error.log")
+    }
+}
+
+/// A server of a test's own, to break.
+#[allow(dead_code, reason = "the fault tests stop and resume a server; the HTTP tests do not")]
+impl Mariadb {
+    /// Installs a fresh data directory, starts the server and creates the `messages` user.
+    pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|reason| panic!("{reason}"))
+    }
+
+    /// Starts the server again on its data directory and port, and waits until it answers.
+    pub fn resume(&mut self) {
+        self.launch().unwrap_or_else(|reason| panic!("{reason}"));
     }
 }
 
