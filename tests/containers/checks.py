@@ -1,9 +1,9 @@
 """What a browser and an API client do through nginx's published port, shared by the
 checks of the local and the production stack."""
 
-import json
-
-from stack import StreamReader, eventually, http
+from harness import eventually
+from stack import http
+from stream import Stream
 
 
 def page_is_served(url: str):
@@ -27,16 +27,16 @@ def create_list_edit_and_delete(url: str):
 
 
 def new_message_arrives_on_the_stream(url: str):
-    stream = StreamReader(url + "/api/messages/stream")
+    stream = Stream(url)
     try:
-        eventually(lambda: stream.events, 10, what="the stream's first event")
+        eventually(stream.snapshot, 10, what="the stream's first event")
         created = http("POST", url + "/api/messages", {"message": "live in a container"}).json
         event = eventually(
-            lambda: next((e for e in stream.events if e.get("event") == "created"
-                          and json.loads(e["data"])["id"] == created["id"]), None),
+            lambda: next((e for e in stream.snapshot() if e.event == "created" and e.data["id"] == created["id"]),
+                         None),
             10, what="the created message on the stream",
         )
-        assert json.loads(event["data"])["message"] == "live in a container"
+        assert event.data["message"] == "live in a container"
     finally:
         stream.close()
 

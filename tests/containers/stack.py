@@ -1,44 +1,21 @@
-"""Compose stacks on the test engine, and the HTTP checks made through their nginx."""
+"""Compose stacks on the test engine, and the HTTP requests made through their nginx."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import shutil
-import socket
 import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine import ROOT, Engine, log, run
+from harness import eventually, free_port
 
 # What scripts/remote copies to the EC2 host: everything scripts/deploy and its drivers read.
 DELIVERY_FILES = ("docker-compose.yml", "docker-compose.prod.yml", "docker", "scripts", "nginx", "web")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def eventually(check, timeout: float, interval: float = 0.5, what: str = "the condition"):
-    """Calls `check` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as error:  # noqa: BLE001 - kept for the failure message
-            last_error = error
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
 @dataclass
@@ -64,43 +41,6 @@ def http(method: str, url: str, body=None, headers=None, timeout: float = 10) ->
             return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())
     except urllib.error.HTTPError as error:
         return Response(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
-
-
-class StreamReader:
-    """Reads the live stream (Server-Sent Events) in a thread, collecting its events."""
-
-    def __init__(self, url: str):
-        self.events: list[dict] = []
-        self._response = urllib.request.urlopen(
-            urllib.request.Request(url, headers={"Accept": "text/event-stream"}), timeout=30
-        )
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self):
-        event = {}
-        try:
-            for raw in self._response:
-                line = raw.decode().rstrip("\n")
-                if not line:
-                    if event:
-                        self.events.append(event)
-                    event = {}
-                elif not line.startswith(":") and ":" in line:
-                    name, _, value = line.partition(":")
-                    event[name] = value.lstrip(" ")
-        except (OSError, ValueError):
-            pass
-
-    def close(self):
-        # Shutting the socket down ends the reader's read; closing the response under a
-        # read in progress would race with it.
-        try:
-            self._response.fp.raw._sock.shutdown(socket.SHUT_RDWR)
-        except (AttributeError, OSError):
-            pass
-        self._thread.join(5)
-        self._response.close()
 
 
 class Compose:
@@ -154,7 +94,7 @@ class Compose:
     def wait_healthy(self, *services: str, timeout: float = 180):
         for service in services:
             eventually(lambda s=service: self.state(s) == "running/healthy", timeout,
-                       what=f"{service} to turn healthy")
+                       what=f"{service} to turn healthy", interval=0.5)
 
     def logs(self, service: str) -> str:
         result = self("logs", "--no-color", service, check=False)
@@ -231,31 +171,3 @@ class Host:
 
     def down(self):
         self.compose.down()
-
-
-class Load:
-    """Continuous reads through nginx with wrk until stopped, counting every failure: socket
-    errors and answers of 400 or more. Each request uses its own connection, since nginx's
-    graceful reload closes idle keep-alive connections and wrk does not retry them."""
-
-    SUMMARY = ROOT / "bench/summary.lua"
-
-    def __init__(self, url: str, workdir: Path, name: str):
-        self.summary = workdir / f"{name}.json"
-        self.summary.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            ["wrk", "-t2", "-c8", "-d10m", "-H", "Connection: close", "-s", str(self.SUMMARY),
-             f"{url}/api/messages?limit=10"],
-            env={"WRK_JSON": str(self.summary), "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1)
-
-    def stop(self) -> dict:
-        time.sleep(1)
-        self.process.send_signal(2)
-        self.process.wait(timeout=30)
-        result = json.loads(self.summary.read_text())
-        result["failed"] = sum(result["errors"].values())
-        log(f"load: {result['requests']} requests, {result['failed']} failed")
-        return result

@@ -1,6 +1,7 @@
 """Backup and restore inside the production stack, with the README's own commands."""
 
-from stack import eventually, http
+from harness import eventually
+from stack import http
 
 TEXTS = ["emoji 👩🏽‍💻🎉", "漢字かなカナ 한국어", "quotes ' \" ` and back\\slashes", "tab\tnew\nline",
          "<img src=x onerror=alert(1)>"]

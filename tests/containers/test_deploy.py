@@ -5,7 +5,7 @@ import subprocess
 import time
 
 import pytest
-from stack import Load
+from load import Wrk
 
 
 def broken_version(engine, registry: str, tag: str, instructions: str):
@@ -40,10 +40,11 @@ def timed_deploy(prod, tag: str) -> tuple[str, dict[str, float]]:
 
 @pytest.fixture
 def load(prod, workdir, request):
-    started = Load(prod.url, workdir, request.node.name)
+    """wrk through the stack's nginx for the whole test; killed at the end if the test did
+    not stop it."""
+    started = Wrk(prod.url + "/api/messages?limit=10", workdir, request.node.name, connections=8)
     yield started
-    if started.process.poll() is None:
-        started.stop()
+    started.kill()
 
 
 def test_v1_to_v2_fails_no_request(prod, images, load, results):

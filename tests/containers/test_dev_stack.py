@@ -10,7 +10,8 @@ from datetime import datetime
 import checks
 import pytest
 from engine import ROOT, log
-from stack import Compose, free_port
+from harness import free_port
+from stack import Compose
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from pathlib import Path
 import checks
 import pytest
 from engine import ROOT, compose_db_image, log
-from stack import eventually, http
+from harness import eventually
+from stack import http
 
 sys.path.insert(0, str(ROOT / "tests/k8s"))
 
@@ -168,7 +169,7 @@ def pods(engine, images, workdir):
         eventually(
             lambda: engine.docker("exec", "k8s-db", "mysqladmin", "ping", "--host=127.0.0.1", "--silent",
                                   check=False).returncode == 0,
-            120, what="the database",
+            120, what="the database", interval=0.5,
         )
         pods.started = started
         yield pods

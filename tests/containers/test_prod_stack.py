@@ -7,7 +7,8 @@ import os
 import signal
 
 import checks
-from stack import eventually, http
+from harness import eventually
+from stack import http
 
 HARDENED = ("db", "web", "backup")
 
@@ -81,7 +82,7 @@ def test_a_crashed_container_is_restarted_and_the_stack_serves_again(prod):
         before = container["RestartCount"]
         os.kill(container["State"]["Pid"], signal.SIGKILL)
         eventually(lambda s=service: prod.compose.inspect(s)["RestartCount"] > before, 30,
-                   what=f"{service} to be restarted")
+                   what=f"{service} to be restarted", interval=0.5)
         prod.compose.wait_healthy(service, timeout=90)
     assert eventually(lambda: http("GET", prod.url + "/health").status == 200, 30, what="nginx to serve")
     prod.script("smoke-test", prod.url)

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from harness import eventually, free_port  # noqa: F401  (re-exported to the tests)
+from load import Wrk
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,52 +192,24 @@ class MariaDB:
             self.process.wait(timeout=60)
 
 
-class Load:
-    """wrk through nginx, every request on a connection of its own: nginx's graceful reload
-    closes idle keep-alive connections, which HTTP clients retry on a new connection
-    (RFC 9112, 9.3.1) but wrk does not. bench/summary.lua writes the summary as JSON."""
+class Load(Wrk):
+    """wrk through the host's nginx, whose JSON access log tells which upstream served each
+    request meanwhile."""
 
     def __init__(self, url: str, access_log: Path, directory: Path, name: str):
         self.access_log = access_log
-        self.summary = directory / f"{name}.json"
         self.first_line = self._lines()
         self.last_line: int | None = None
-        with open(directory / f"{name}.out", "w") as output:
-            self.process = subprocess.Popen(
-                ["wrk", "-t2", "-c16", "-d10m", "-H", "Connection: close", "-s", str(ROOT / "bench/summary.lua"), url],
-                env={**os.environ, "WRK_JSON": str(self.summary)}, stdout=output, stderr=subprocess.STDOUT,
-            )
-        try:
-            eventually(lambda: self._running() and self._lines() > self.first_line + 50, 30,
-                       "wrk's first requests in nginx's access log")
-        except BaseException:
-            self.kill()
-            raise
-
-    def _running(self) -> bool:
-        assert self.process.poll() is None, f"wrk exited with status {self.process.returncode}"
-        return True
+        super().__init__(url, directory, name)
 
     def _lines(self) -> int:
         with open(self.access_log, "rb") as log:
             return sum(1 for _ in log)
 
     def stop(self) -> dict:
-        """Stops once some more requests went through, and returns the summary with
-        `failed`: socket errors, timeouts and answers >= 400."""
-        goal = self._lines() + 50
-        eventually(lambda: self._running() and self._lines() > goal, 30, "more requests after the change")
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=30)
+        summary = super().stop()
         self.last_line = self._lines()
-        summary = json.loads(self.summary.read_text())
-        summary["failed"] = sum(summary["errors"].values())
         return summary
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
     def upstreams(self) -> dict[str, int]:
         """How many requests went to each upstream while the load ran, from nginx's JSON

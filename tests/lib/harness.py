@@ -1,6 +1,7 @@
 """What the pytest suites that start processes share: free ports, waiting on evidence, the
 API binary, and the run's folder, removed after a green run and kept (its path printed)
-after a failed one.
+after a failed one. Beside it: client.py (HTTP with timing), stream.py (the live stream
+read on a thread), load.py (load generators).
 
 A suite's conftest.py puts this folder on sys.path and takes the fixtures and hooks:
 
@@ -32,15 +33,25 @@ def free_port() -> int:
 
 
 def eventually(check, timeout: float, what: str, interval: float = 0.2):
-    """Calls `check` until it returns something truthy; fails after `timeout` seconds. A
-    check raises when waiting longer cannot help (the process it waits for has exited)."""
+    """Calls `check` until it returns something truthy, which it returns; fails after
+    `timeout` seconds. An exception from `check` counts as "not yet" (a service still
+    starting refuses connections, a command fails) and the last one is named if time runs
+    out; an AssertionError ends the wait at once: a check asserts what waiting cannot change
+    (the process it waits for has exited)."""
     deadline = time.monotonic() + timeout
+    last_error = None
     while time.monotonic() < deadline:
-        result = check()
+        try:
+            result = check()
+        except AssertionError:
+            raise
+        except Exception as error:  # noqa: BLE001 - named in the failure
+            last_error, result = error, None
         if result:
             return result
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    detail = f" (last error: {last_error!r})" if last_error else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
-import urllib.error
+import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -22,7 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+import harness  # noqa: E402
+from client import request  # noqa: E402
+from harness import ROOT, eventually, free_port  # noqa: E402
+
 MONITORING = ROOT / "monitoring"
 PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 RULES = MONITORING / "prometheus" / "rules.yml"
@@ -32,36 +35,6 @@ ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 # `for:` plus a few seconds.
 SCRAPE_INTERVAL = 1
 EVALUATION_INTERVAL = 1
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(what, check, timeout, interval=0.2):
-    """Polls check() until it returns a truthy value, which it returns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (OSError, urllib.error.URLError, subprocess.CalledProcessError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def http_get(url, timeout=5):
-    """(status, body) of a GET; HTTP errors are answers too."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 class Process:
@@ -108,9 +81,9 @@ class MariaDB:
 
     def start(self):
         self.process.start()
-        wait_until("MariaDB to accept connections", lambda: subprocess.run(
+        eventually(lambda: subprocess.run(
             ["mariadb-admin", "--no-defaults", f"--socket={self.socket}", "-uroot", "ping"],
-            capture_output=True).returncode == 0, 60)
+            capture_output=True).returncode == 0, 60, "MariaDB to accept connections")
 
     def stop(self):
         self.process.stop()
@@ -160,17 +133,15 @@ def local_prometheus_config(targets, alertmanager):
     return config
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("monitoring")
+api_bin = harness.api_bin
+run_dir = harness.run_dir_fixture("messages-monitoring.")
+pytest_sessionfinish = harness.remove_run_dir_after_green_run
+pytest_terminal_summary = harness.report_kept_run_dir("*.log")
 
 
 @pytest.fixture(scope="session")
-def stack(run_dir):
+def stack(run_dir, api_bin):
     """The whole stack, started once for the end-to-end tests, in dependency order."""
-    api_bin = Path(os.environ.get("API_BIN", ROOT / "target/debug/messages-api")).resolve()
-    if not os.access(api_bin, os.X_OK):
-        pytest.fail(f"no API binary at {api_bin}: build it (cargo build -p messages-api) or set API_BIN")
     started = []
 
     def start(process):
@@ -191,7 +162,7 @@ def stack(run_dir):
         # From run_dir, so that no .env of the work tree changes its settings.
         api = start(Process("api", [str(api_bin)], run_dir, env=api_env, cwd=run_dir))
         api_url = f"http://127.0.0.1:{api_port}"
-        wait_until("the API to be healthy", lambda: http_get(f"{api_url}/health")[0] == 200, 60)
+        eventually(lambda: request("GET", f"{api_url}/health").status == 200, 60, "the API to be healthy")
 
         nginx_prefix, nginx_port = run_dir / "nginx", free_port()
         nginx_lib = ROOT / "scripts/lib/nginx.sh"
@@ -220,7 +191,8 @@ def stack(run_dir):
             "prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{pushgateway_port}",
             "--persistence.file="], run_dir))
         pushgateway_url = f"http://127.0.0.1:{pushgateway_port}"
-        wait_until("the Pushgateway to answer", lambda: http_get(f"{pushgateway_url}/-/ready")[0] == 200, 30)
+        eventually(lambda: request("GET", f"{pushgateway_url}/-/ready").status == 200, 30,
+                   "the Pushgateway to answer")
 
         prometheus_port = free_port()
         config = local_prometheus_config({
@@ -237,7 +209,7 @@ def stack(run_dir):
             "prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={run_dir}/prometheus-data",
             f"--web.listen-address=127.0.0.1:{prometheus_port}"], run_dir))
         prometheus = Prometheus(f"http://127.0.0.1:{prometheus_port}")
-        wait_until("Prometheus to answer", lambda: http_get(f"{prometheus.url}/-/ready")[0] == 200, 60)
+        eventually(lambda: request("GET", f"{prometheus.url}/-/ready").status == 200, 60, "Prometheus to answer")
 
         yield Stack(db=db, api=api, api_url=api_url, nginx_url=f"http://127.0.0.1:{nginx_port}",
                     nginx_prefix=nginx_prefix, prometheus=prometheus, pushgateway_url=pushgateway_url,

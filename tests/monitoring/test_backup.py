@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, wait_until
+from conftest import ROOT
+from harness import eventually, free_port
 
 BACKUP = ROOT / "scripts" / "backup"
 TIMESTAMP = 'messages_backup_last_success_timestamp_seconds{job="messages_backup"}'
@@ -47,8 +48,8 @@ def test_backup_reports_its_success_to_prometheus_and_backup_too_old_stays_quiet
     finished = time.time()
 
     # The job label is the pushed one (honor_labels), so the alert's selector finds it.
-    timestamp = wait_until("Prometheus to scrape the pushed timestamp", lambda: [
-        r for r in stack.prometheus.query(TIMESTAMP) if float(r["value"][1]) >= started], 15)
+    timestamp = eventually(lambda: [r for r in stack.prometheus.query(TIMESTAMP) if float(r["value"][1]) >= started],
+                           15, "Prometheus to scrape the pushed timestamp")
     assert started <= float(timestamp[0]["value"][1]) <= finished
     size = stack.prometheus.query(SIZE)
     assert float(size[0]["value"][1]) == files[0].stat().st_size > 0
