@@ -16,7 +16,7 @@ pub enum DbError {
     /// node committed a conflicting change first (error 1213). It was rolled back; running it
     /// again is safe, and is done a few times before the client is asked to retry.
     #[error("{0}")]
-    Conflict(String),
+    WriteConflict(String),
     /// The request stopped waiting before the work committed; it was rolled back.
     #[error("the request stopped waiting; the work was rolled back")]
     Abandoned,
@@ -36,17 +36,19 @@ pub const ERRORS_METRIC: &str = "db_errors_total";
 
 impl DbError {
     /// The values of the `kind` label of `ERRORS_METRIC`.
-    pub const KINDS: [&'static str; 5] =
-        ["unavailable", "timeout", "conflict", "not_found", "other"];
+    pub const KINDS: [&'static str; 6] =
+        ["unavailable", "timeout", "write_conflict", "constraint", "not_found", "other"];
 
     /// The error's `kind` label: `unavailable` (unreachable, not ready, no pooled connection
-    /// in time, or lost mid-commit), `timeout` (a lock wait ran out, a deadlock, or the
-    /// request's time limit passed first), `conflict` (a constraint refused the change),
+    /// in time, or lost mid-commit), `timeout` (a lock wait ran out, or the request's time
+    /// limit passed first), `write_conflict` (a lost deadlock or a Galera certification
+    /// failure, after its retries), `constraint` (a constraint refused the change),
     /// `not_found` (a row the work required is missing), or `other`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Unavailable(_) | Self::OutcomeUnknown => "unavailable",
-            Self::Busy(_) | Self::Conflict(_) | Self::Abandoned => "timeout",
+            Self::Busy(_) | Self::Abandoned => "timeout",
+            Self::WriteConflict(_) => "write_conflict",
             Self::Other(error) => match error.downcast_ref::<DieselError>() {
                 Some(DieselError::NotFound) => "not_found",
                 Some(DieselError::DatabaseError(
@@ -55,7 +57,7 @@ impl DbError {
                     | DatabaseErrorKind::CheckViolation
                     | DatabaseErrorKind::NotNullViolation,
                     _,
-                )) => "conflict",
+                )) => "constraint",
                 _ => "other",
             },
         }
@@ -66,8 +68,8 @@ impl From<DieselError> for DbError {
     fn from(error: DieselError) -> Self {
         if is_connection_lost(&error) {
             Self::Unavailable("The database is unreachable; try again shortly.".into())
-        } else if is_conflict(&error) {
-            Self::Conflict(
+        } else if is_write_conflict(&error) {
+            Self::WriteConflict(
                 "The change collided with a concurrent change and was rolled back; try again \
                  shortly."
                     .into(),
@@ -114,14 +116,14 @@ fn is_connection_lost(error: &DieselError) -> bool {
 /// A lost deadlock or a Galera certification failure (both error 1213, "Deadlock found
 /// when trying to get lock"): the transaction was rolled back at once, and running it again
 /// usually succeeds.
-fn is_conflict(error: &DieselError) -> bool {
+fn is_write_conflict(error: &DieselError) -> bool {
     match error {
         // Prepared statements report 1213 by its kind; plain statements (COMMIT) by text.
         DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
         DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
             info.message().contains("Deadlock found")
         }
-        DieselError::RollbackErrorOnCommit { commit_error, .. } => is_conflict(commit_error),
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => is_write_conflict(commit_error),
         _ => false,
     }
 }
@@ -182,22 +184,22 @@ mod tests {
     }
 
     #[test]
-    fn lock_waits_are_contention_and_deadlocks_conflicts() {
+    fn lock_waits_are_contention_and_deadlocks_write_conflicts() {
         let wait = database_error(
             DatabaseErrorKind::Unknown,
             "Lock wait timeout exceeded; try restarting transaction",
         );
-        assert!(!is_connection_lost(&wait) && is_contention(&wait) && !is_conflict(&wait));
+        assert!(!is_connection_lost(&wait) && is_contention(&wait) && !is_write_conflict(&wait));
         assert!(matches!(DbError::from(wait), DbError::Busy(_)));
         // A lost deadlock, and a Galera certification failure: the same error 1213.
         let deadlock = database_error(
             DatabaseErrorKind::Unknown,
             "Deadlock found when trying to get lock; try restarting transaction",
         );
-        assert!(!is_connection_lost(&deadlock) && is_conflict(&deadlock));
-        assert!(matches!(DbError::from(deadlock), DbError::Conflict(_)));
+        assert!(!is_connection_lost(&deadlock) && is_write_conflict(&deadlock));
+        assert!(matches!(DbError::from(deadlock), DbError::WriteConflict(_)));
         let prepared = database_error(DatabaseErrorKind::SerializationFailure, "Deadlock found");
-        assert!(matches!(DbError::from(prepared), DbError::Conflict(_)));
+        assert!(matches!(DbError::from(prepared), DbError::WriteConflict(_)));
     }
 
     #[test]
@@ -225,7 +227,8 @@ mod tests {
     fn errors_are_counted_by_a_kind_of_the_fixed_set() {
         let cases = [
             (DieselError::NotFound, "not_found"),
-            (database_error(DatabaseErrorKind::UniqueViolation, "Duplicate entry"), "conflict"),
+            (database_error(DatabaseErrorKind::UniqueViolation, "Duplicate entry"), "constraint"),
+            (database_error(DatabaseErrorKind::SerializationFailure, "Deadlock"), "write_conflict"),
             (database_error(DatabaseErrorKind::Unknown, "database is locked"), "timeout"),
             (database_error(DatabaseErrorKind::ClosedConnection, "gone"), "unavailable"),
             (DieselError::RollbackTransaction, "timeout"),

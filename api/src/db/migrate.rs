@@ -92,7 +92,7 @@ impl MigrationLock {
                 // with the node that inserted it at the same time.
                 Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {}
                 Err(error) => match DbError::from(error) {
-                    DbError::Conflict(_) => {}
+                    DbError::WriteConflict(_) => {}
                     error => return Err(error.into()),
                 },
             }

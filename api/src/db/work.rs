@@ -13,32 +13,67 @@ use diesel::result::Error as DieselError;
 use super::error::{DbError, ERRORS_METRIC};
 use super::pool::{self, ConnectionManager, DbConnection};
 
-/// Where one piece of database work stands. The request that waits for it and the blocking
-/// thread that does it move it on with compare-and-swap, so exactly one of them decides
-/// whether a write commits after its request stopped waiting.
+/// Where one piece of database work stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    /// Waiting for a blocking thread.
+    Queued,
+    /// A blocking thread runs it; a transaction may be open.
+    Running,
+    /// Past the commit gate: the commit is under way or done.
+    Committing,
+    /// The request gave up before the commit: the work rolls back, or never starts.
+    Abandoned,
+    /// The request gave up while the commit was under way: the work is never run again.
+    AbandonedCommitting,
+}
+
+impl State {
+    const ALL: [Self; 5] =
+        [Self::Queued, Self::Running, Self::Committing, Self::Abandoned, Self::AbandonedCommitting];
+
+    fn from_u8(value: u8) -> Self {
+        Self::ALL[usize::from(value)]
+    }
+}
+
+/// The state of one piece of work, shared by the request that waits for it and the blocking
+/// thread that does it. Both move it on with compare-and-swap, so exactly one of them
+/// decides whether a write commits after its request stopped waiting.
 #[derive(Debug, Default)]
 struct Ticket(AtomicU8);
 
-const QUEUED: u8 = 0;
-const RUNNING: u8 = 1;
-const COMMITTING: u8 = 2;
-const ABANDONED: u8 = 3;
-/// The request gave up while the commit was under way: the work is never run again.
-const ABANDONED_COMMITTING: u8 = 4;
-
 impl Ticket {
+    fn state(&self) -> State {
+        State::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    /// Moves `from` to `to`; otherwise returns the state it found.
+    fn shift(&self, from: State, to: State) -> Result<(), State> {
+        self.0
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
+            .map_err(State::from_u8)
+    }
+
     /// The blocking thread takes the work up; false once the request gave up on it.
     fn start(&self) -> bool {
-        self.0.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.shift(State::Queued, State::Running).is_ok()
     }
 
     fn is_abandoned(&self) -> bool {
-        self.0.load(Ordering::Acquire) == ABANDONED
+        self.state() == State::Abandoned
     }
 
     /// The request gives up on work that has not started; false if it has.
     fn abandon_queued(&self) -> bool {
-        self.0.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.shift(State::Queued, State::Abandoned).is_ok()
+    }
+
+    /// The transaction reaches its commit, unless the request gave up on it: false then.
+    fn commit(&self) -> bool {
+        self.shift(State::Running, State::Committing).is_ok()
     }
 
     /// A connection lost once the commit was under way leaves its outcome unknown; other
@@ -54,25 +89,25 @@ impl Ticket {
     /// outcome of the work is unknown; otherwise the work will not commit.
     fn abandon(&self) -> bool {
         let before =
-            self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| match state {
-                COMMITTING => Some(ABANDONED_COMMITTING),
-                ABANDONED_COMMITTING => None,
-                _ => Some(ABANDONED),
+            self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| match State::from_u8(
+                state,
+            ) {
+                State::Committing => Some(State::AbandonedCommitting as u8),
+                State::AbandonedCommitting => None,
+                _ => Some(State::Abandoned as u8),
             });
-        matches!(before, Ok(COMMITTING) | Err(ABANDONED_COMMITTING))
+        let before = State::from_u8(before.unwrap_or_else(|state| state));
+        matches!(before, State::Committing | State::AbandonedCommitting)
     }
 
     fn is_committing(&self) -> bool {
-        matches!(self.0.load(Ordering::Acquire), COMMITTING | ABANDONED_COMMITTING)
+        matches!(self.state(), State::Committing | State::AbandonedCommitting)
     }
 
     /// Work that failed in a way known to have rolled it back runs again, unless its request
     /// gave up on it: true when it may.
     fn rerun(&self) -> bool {
-        match self.0.compare_exchange(COMMITTING, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) | Err(RUNNING) => true,
-            Err(_) => false,
-        }
+        matches!(self.shift(State::Committing, State::Running), Ok(()) | Err(State::Running))
     }
 }
 
@@ -93,10 +128,11 @@ pub const RETRIES_METRIC: &str = "db_retries_total";
 
 impl Retries {
     /// Whether to run the work again after `error`, which it returned before its commit was
-    /// known to be under way (`settle` has not made it `OutcomeUnknown`).
-    fn another(&mut self, error: &DbError, committing: bool, deadline: Instant) -> bool {
+    /// known to be under way (`settle` has not made it `OutcomeUnknown`); if so, the retry is
+    /// counted and its backoff waited out first.
+    fn wait_to_retry(&mut self, error: &DbError, committing: bool, deadline: Instant) -> bool {
         let retryable = match error {
-            DbError::Conflict(_) => true,
+            DbError::WriteConflict(_) => true,
             DbError::Unavailable(_) => !committing,
             _ => false,
         };
@@ -119,11 +155,7 @@ impl CommitGate {
     /// Lets the transaction commit, unless its request gave up on it: then the transaction
     /// rolls back, so that a request that was answered "try again" has changed nothing.
     pub fn enter(&self) -> diesel::QueryResult<()> {
-        let ticket = &self.0;
-        match ticket.0.compare_exchange(RUNNING, COMMITTING, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(DieselError::RollbackTransaction),
-        }
+        if self.0.commit() { Ok(()) } else { Err(DieselError::RollbackTransaction) }
     }
 }
 
@@ -150,13 +182,13 @@ impl CommitWatch {
 
 /// Held by the request while it waits: if the request is dropped (its time limit passed, or
 /// the client left), the work is given up, and a commit already under way is reported.
-struct Waiting {
+struct AbandonOnDrop {
     ticket: Arc<Ticket>,
     watch: Option<CommitWatch>,
     done: bool,
 }
 
-impl Drop for Waiting {
+impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
         if !self.done
             && self.ticket.abandon()
@@ -219,14 +251,14 @@ where
             drop(conn);
             match result {
                 Err(error)
-                    if retries.another(&error, gate.0.is_committing(), deadline)
+                    if retries.wait_to_retry(&error, gate.0.is_committing(), deadline)
                         && gate.0.rerun() => {}
                 result => return gate.0.settle(result),
             }
         }
     });
     let mut waiting =
-        Waiting { ticket, watch: COMMIT_WATCH.try_with(Clone::clone).ok(), done: false };
+        AbandonOnDrop { ticket, watch: COMMIT_WATCH.try_with(Clone::clone).ok(), done: false };
     let joined = tokio::select! {
         biased;
         joined = &mut task => joined,
@@ -250,18 +282,21 @@ mod tests {
     #[test]
     fn conflicts_and_connections_lost_before_the_commit_run_again_a_few_times() {
         let far = Instant::now() + Duration::from_secs(60);
-        let conflict = DbError::Conflict("1213".into());
+        let conflict = DbError::WriteConflict("1213".into());
         let lost = DbError::Unavailable("gone away".into());
         let mut retries = Retries::default();
-        assert!(retries.another(&lost, false, far) && retries.connection_lost);
-        assert!(retries.another(&conflict, false, far) && !retries.connection_lost);
-        assert!(retries.another(&conflict, true, far), "a refused commit is known rolled back");
-        assert!(!retries.another(&conflict, false, far), "at most {MAX_RETRIES} times");
+        assert!(retries.wait_to_retry(&lost, false, far) && retries.connection_lost);
+        assert!(retries.wait_to_retry(&conflict, false, far) && !retries.connection_lost);
+        assert!(
+            retries.wait_to_retry(&conflict, true, far),
+            "a refused commit is known rolled back"
+        );
+        assert!(!retries.wait_to_retry(&conflict, false, far), "at most {MAX_RETRIES} times");
 
         let mut retries = Retries::default();
-        assert!(!retries.another(&lost, true, far), "lost while committing: outcome unknown");
-        assert!(!retries.another(&DbError::Busy("lock wait".into()), false, far));
-        assert!(!retries.another(&conflict, false, Instant::now()), "the wait is over");
+        assert!(!retries.wait_to_retry(&lost, true, far), "lost while committing: outcome unknown");
+        assert!(!retries.wait_to_retry(&DbError::Busy("lock wait".into()), false, far));
+        assert!(!retries.wait_to_retry(&conflict, false, Instant::now()), "the wait is over");
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl EventHub {
                 Ok(rows) => {
                     let mut newest = None;
                     for row in rows {
-                        if !cursor.first_sight(row.seq) {
+                        if !cursor.insert(row.seq) {
                             continue;
                         }
                         newest = newest.max(Some(row.logged_at));
@@ -273,8 +273,8 @@ impl LogCursor {
         Self { position: Position::at(floor), seen_at: BTreeMap::new() }
     }
 
-    /// True the first time an event is read.
-    fn first_sight(&mut self, seq: i64) -> bool {
+    /// Takes an event into the position: true the first time it is read.
+    fn insert(&mut self, seq: i64) -> bool {
         if !self.position.insert(seq) {
             return false;
         }
@@ -320,12 +320,12 @@ mod tests {
     #[test]
     fn cursor_sends_each_event_once_in_any_order() {
         let mut cursor = LogCursor::new(10);
-        assert!(cursor.first_sight(11));
-        assert!(cursor.first_sight(13));
-        assert!(!cursor.first_sight(13));
-        assert!(!cursor.first_sight(9));
+        assert!(cursor.insert(11));
+        assert!(cursor.insert(13));
+        assert!(!cursor.insert(13));
+        assert!(!cursor.insert(9));
         assert_eq!(cursor.position.to_string(), "11.2", "waits for 12, which may still commit");
-        assert!(cursor.first_sight(12), "a late commit is still sent");
+        assert!(cursor.insert(12), "a late commit is still sent");
         assert_eq!(cursor.position, Position::at(13));
         assert!(cursor.seen_at.is_empty());
     }
@@ -334,7 +334,7 @@ mod tests {
     fn cursor_gives_up_gaps_below_events_read_long_ago() {
         let mut cursor = LogCursor::new(0);
         for seq in [3, 6, 9] {
-            cursor.first_sight(seq);
+            cursor.insert(seq);
         }
         assert!(!cursor.give_up_old_gaps(), "nothing is old yet");
         let long_ago = Instant::now() - GAP_TIMEOUT;
@@ -343,6 +343,6 @@ mod tests {
         assert!(cursor.give_up_old_gaps());
         assert_eq!(cursor.position.to_string(), "6.3", "each gap has its own clock");
         assert_eq!(cursor.seen_at.keys().copied().collect::<Vec<_>>(), [9]);
-        assert!(!cursor.first_sight(5), "a gap given up on stays given up");
+        assert!(!cursor.insert(5), "a gap given up on stays given up");
     }
 }
