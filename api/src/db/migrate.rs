@@ -9,7 +9,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::error::DbError;
-use super::pool::{DbConnection, establish_mysql, mysql_session_limits};
+use super::pool::{DbConnection, establish_mysql, mysql_session_limits, net_timeouts};
 
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
@@ -39,7 +39,7 @@ pub(super) fn run(
             conn.batch_execute(
                 "SET SESSION innodb_lock_wait_timeout = DEFAULT, lock_wait_timeout = DEFAULT",
             )?;
-            let result = lock.while_held(url, || {
+            let result = lock.while_held(url, lock_timeout, || {
                 conn.run_pending_migrations(MYSQL_MIGRATIONS)
                     .map(names)
                     .map_err(|e| anyhow!("migration failed: {e}"))
@@ -117,12 +117,12 @@ impl MigrationLock {
     }
 
     /// Runs `work` while a connection of its own refreshes the lock.
-    fn while_held<T>(&self, url: &str, work: impl FnOnce() -> T) -> T {
+    fn while_held<T>(&self, url: &str, lock_timeout: Duration, work: impl FnOnce() -> T) -> T {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let holder = &self.holder;
         std::thread::scope(|scope| {
             scope.spawn(move || {
-                let Ok(mut conn) = establish_mysql(url) else { return };
+                let Ok(mut conn) = establish_mysql(url, net_timeouts(lock_timeout)) else { return };
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(MIGRATION_HEARTBEAT)
                 {

@@ -12,6 +12,7 @@ pub mod schema;
 
 mod error;
 mod migrate;
+mod mysql_timeouts;
 mod pool;
 mod work;
 

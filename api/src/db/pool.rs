@@ -10,6 +10,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, ConnectionError};
 
 use super::error::DbError;
+use super::mysql_timeouts::{self, NetTimeouts};
 use crate::config::{DatabaseSettings, DatabaseTarget};
 
 /// Galera's causality check for reads (bit 1 of `wsrep_sync_wait`: SELECT, SHOW and BEGIN):
@@ -27,6 +28,25 @@ const CHECKOUT_WAIT: Duration = Duration::from_millis(1);
 
 /// The longest SQLite waits for a competing writer, when requests may wait longer.
 const SQLITE_BUSY_TIMEOUT_MS: u128 = 5000;
+
+/// The longest a MySQL connection waits to connect and for the server's greeting: a healthy
+/// server answers in milliseconds; a vanished one must not hold the pool's connecting
+/// threads for minutes.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much longer than the server's own lock wait limit a connection waits for an answer:
+/// a statement that waited for a lock gets the server's "lock wait timeout" (rolled back,
+/// connection fine) before the connection gives up on the server.
+const ANSWER_MARGIN: Duration = Duration::from_secs(2);
+
+/// The limits on a pooled connection's waits for its server. Every statement of a request
+/// ends within the server's lock wait limit, so a longer silence means the server or the
+/// path to it is gone: the wait fails as a lost connection, and its blocking thread comes
+/// free, instead of waiting for TCP to give up (about 15 minutes) or, behind a proxy that
+/// keeps the connection open, forever.
+pub(super) fn net_timeouts(lock_timeout: Duration) -> NetTimeouts {
+    NetTimeouts { connect: CONNECT_TIMEOUT, read_write: lock_timeout + ANSWER_MARGIN }
+}
 
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
@@ -51,7 +71,7 @@ impl ConnectionManager {
     fn establish(&self) -> Result<DbConnection, ConnectionError> {
         match &self.target {
             DatabaseTarget::Mysql { url } => {
-                let mut conn = establish_mysql(url)?;
+                let mut conn = establish_mysql(url, net_timeouts(self.lock_timeout))?;
                 conn.batch_execute(&mysql_session_limits(self.lock_timeout))
                     .map_err(ConnectionError::CouldntSetupConfiguration)?;
                 Ok(DbConnection::Mysql(conn))
@@ -77,10 +97,14 @@ impl ConnectionManager {
     }
 }
 
-/// Connects to MySQL or MariaDB; on a Galera node, reads wait for the cluster's earlier
-/// commits (read-your-writes through any node). Other servers have no such variable.
-pub(super) fn establish_mysql(url: &str) -> Result<MysqlConnection, ConnectionError> {
-    let mut conn = MysqlConnection::establish(url)?;
+/// Connects to MySQL or MariaDB with limits on its waits for the server; on a Galera node,
+/// reads wait for the cluster's earlier commits (read-your-writes through any node). Other
+/// servers have no such variable.
+pub(super) fn establish_mysql(
+    url: &str,
+    timeouts: NetTimeouts,
+) -> Result<MysqlConnection, ConnectionError> {
+    let mut conn = mysql_timeouts::establish(url, timeouts)?;
     if let Err(error) =
         conn.batch_execute(&format!("SET SESSION wsrep_sync_wait = {WSREP_SYNC_WAIT_READS}"))
         && !error.to_string().contains("Unknown system variable")

@@ -1,6 +1,7 @@
-//! Fault tests on real processes: the database stopped under load, the API killed during
-//! writes, and the API stopped with requests in flight.
+//! Fault tests on real processes: the database stopped under load, or vanished without a word
+//! (`black_hole`), the API killed during writes, and the API stopped with requests in flight.
 
+mod black_hole;
 mod support;
 
 use std::collections::{HashMap, HashSet};
