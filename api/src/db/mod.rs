@@ -38,12 +38,11 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pool: r2d2::Pool<pool::ConnectionManager>,
-    /// MySQL only: the migration lock's heartbeat runs on a connection of its own.
+    /// MySQL only: migrations run on connections of their own.
     mysql_url: Option<String>,
     /// The longest a request waits for a connection: queued for a blocking thread and
     /// checking one out, together.
     wait_limit: Duration,
-    lock_timeout: Duration,
     ready: Arc<AtomicBool>,
     backend: Backend,
 }
@@ -72,7 +71,6 @@ impl Db {
             pool,
             mysql_url,
             wait_limit: settings.pool_timeout(),
-            lock_timeout,
             ready: Arc::new(AtomicBool::new(false)),
             backend,
         })
@@ -122,14 +120,19 @@ impl Db {
         self.run_unchecked(|conn, _| conn.ping().map(|_| ()).map_err(DbError::from)).await.is_ok()
     }
 
-    /// Runs pending migrations; replicas starting together take turns.
+    /// Runs pending migrations; replicas starting together take turns. On MySQL they run on
+    /// a connection of their own, outside the pool: a schema change may wait and run far
+    /// longer than the pool's connections wait for an answer.
     pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
-        let lock_timeout = self.lock_timeout;
-        let url = self.mysql_url.clone();
-        self.run_unchecked(move |conn, _| {
-            migrate::run(conn, url.as_deref(), lock_timeout).map_err(DbError::Other)
-        })
-        .await
+        let Some(url) = self.mysql_url.clone() else {
+            return self
+                .run_unchecked(|conn, _| migrate::sqlite(conn).map_err(DbError::Other))
+                .await;
+        };
+        tokio::task::spawn_blocking(move || migrate::mysql(&url))
+            .await
+            .map_err(|e| DbError::Other(anyhow::anyhow!("migration task failed: {e}")))?
+            .map_err(DbError::Other)
     }
 
     /// Waits for the database (with backoff), migrating it if asked, then marks it ready.

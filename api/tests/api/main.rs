@@ -3,6 +3,7 @@
 
 mod messages;
 mod metrics;
+mod migration_lock;
 mod migrations;
 mod replay;
 mod service;
