@@ -22,9 +22,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const BATCH: i64 = 500;
 /// A sequence number still missing this long after a higher one was read belongs to a
 /// transaction that rolled back (or to another Galera node's numbering, and never comes):
-/// the watcher stops waiting for it. Write transactions last far less: a lock wait is cut
-/// at the request's time limit and a commit is the last step.
-const GAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// the watcher stops waiting for it. A write takes its number in its last statement before
+/// the commit, and a connection waits for each answer at most `Db::answer_limit`: a number
+/// missing longer than that and this margin will not commit.
+const GAP_MARGIN: Duration = Duration::from_secs(2);
+/// The newest events a starting watcher reads as had (nobody streamed from it before): a
+/// number missing between them may belong to a change still in flight, which is streamed
+/// when it commits, as if the watcher had always run.
+const START_WINDOW: i64 = BATCH;
 /// The most events the watcher keeps above a gap: half of what a token may carry, so that
 /// a resumed stream's position (the client's and the watcher's together) fits in one.
 const MAX_ABOVE_GAP: usize = position::MAX_ABOVE / 2;
@@ -178,9 +183,10 @@ impl EventHub {
     /// Follows the change log from its current end, forever.
     pub async fn watch(self, db: Db) {
         let mut failures = FailureStreak::default();
+        let gap_timeout = db.answer_limit() + GAP_MARGIN;
         let mut cursor = loop {
-            match db.run(events::newest).await {
-                Ok(newest) => break LogCursor::new(newest),
+            match db.run(|conn| events::tail(conn, START_WINDOW)).await {
+                Ok((below, newest)) => break LogCursor::resume(below, &newest, gap_timeout),
                 Err(error) => {
                     failures.failed(&error);
                     tokio::time::sleep(POLL_INTERVAL).await;
@@ -266,11 +272,20 @@ impl FailureStreak {
 struct LogCursor {
     position: Position,
     seen_at: BTreeMap<i64, Instant>,
+    /// How long a missing number is waited for.
+    gap_timeout: Duration,
 }
 
 impl LogCursor {
-    fn new(floor: i64) -> Self {
-        Self { position: Position::at(floor), seen_at: BTreeMap::new() }
+    /// At `floor`, with the events `had` above it (ascending); numbers missing between them
+    /// are waited for from now on.
+    fn resume(floor: i64, had: &[i64], gap_timeout: Duration) -> Self {
+        let mut cursor =
+            Self { position: Position::at(floor), seen_at: BTreeMap::new(), gap_timeout };
+        for &seq in had {
+            cursor.insert(seq);
+        }
+        cursor
     }
 
     /// Takes an event into the position: true the first time it is read.
@@ -290,14 +305,14 @@ impl LogCursor {
         true
     }
 
-    /// Stops waiting for the numbers missing below events read `GAP_TIMEOUT` ago or
+    /// Stops waiting for the numbers missing below events read `gap_timeout` ago or
     /// longer; true if the position moved.
     fn give_up_old_gaps(&mut self) -> bool {
         let Some(last_due) = self
             .seen_at
             .iter()
             .rev()
-            .find(|(_, seen)| seen.elapsed() >= GAP_TIMEOUT)
+            .find(|(_, seen)| seen.elapsed() >= self.gap_timeout)
             .map(|(&seq, _)| seq)
         else {
             return false;
@@ -317,9 +332,11 @@ impl LogCursor {
 mod tests {
     use super::*;
 
+    const GAP_TIMEOUT: Duration = Duration::from_secs(15);
+
     #[test]
     fn cursor_sends_each_event_once_in_any_order() {
-        let mut cursor = LogCursor::new(10);
+        let mut cursor = LogCursor::resume(10, &[], GAP_TIMEOUT);
         assert!(cursor.insert(11));
         assert!(cursor.insert(13));
         assert!(!cursor.insert(13));
@@ -332,7 +349,7 @@ mod tests {
 
     #[test]
     fn cursor_gives_up_gaps_below_events_read_long_ago() {
-        let mut cursor = LogCursor::new(0);
+        let mut cursor = LogCursor::resume(0, &[], GAP_TIMEOUT);
         for seq in [3, 6, 9] {
             cursor.insert(seq);
         }
@@ -344,5 +361,14 @@ mod tests {
         assert_eq!(cursor.position.to_string(), "6.3", "each gap has its own clock");
         assert_eq!(cursor.seen_at.keys().copied().collect::<Vec<_>>(), [9]);
         assert!(!cursor.insert(5), "a gap given up on stays given up");
+    }
+
+    #[test]
+    fn a_resumed_cursor_waits_for_numbers_missing_among_the_newest_events() {
+        let mut cursor = LogCursor::resume(40, &[41, 43, 44], GAP_TIMEOUT);
+        assert_eq!(cursor.position.highest(), 44);
+        assert!(!cursor.insert(43), "events of the log's tail count as had");
+        assert!(cursor.insert(42), "a change in flight at the start is sent when it commits");
+        assert_eq!(cursor.position, Position::at(44));
     }
 }

@@ -43,6 +43,8 @@ pub struct Db {
     /// The longest a request waits for a connection: queued for a blocking thread and
     /// checking one out, together.
     wait_limit: Duration,
+    /// The longest a connection waits for any one answer of the server.
+    answer_limit: Duration,
     ready: Arc<AtomicBool>,
     backend: Backend,
 }
@@ -71,6 +73,7 @@ impl Db {
             pool,
             mysql_url,
             wait_limit: settings.pool_timeout(),
+            answer_limit: pool::answer_limit(lock_timeout),
             ready: Arc::new(AtomicBool::new(false)),
             backend,
         })
@@ -78,6 +81,14 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The longest a connection waits for any one answer of the server (a statement's lock
+    /// waits included); past it the connection is given up, and the server rolls back what
+    /// did not commit. A write takes its change number in its last statement before the
+    /// commit, so the number stays missing from the change log about this long at most.
+    pub fn answer_limit(&self) -> Duration {
+        self.answer_limit
     }
 
     pub fn is_ready(&self) -> bool {

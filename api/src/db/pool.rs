@@ -45,7 +45,12 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(2);
 /// free, instead of waiting for TCP to give up (about 15 minutes) or, behind a proxy that
 /// keeps the connection open, forever.
 pub(super) fn net_timeouts(lock_timeout: Duration) -> NetTimeouts {
-    NetTimeouts { connect: CONNECT_TIMEOUT, read_write: lock_timeout + ANSWER_MARGIN }
+    NetTimeouts { connect: CONNECT_TIMEOUT, read_write: answer_limit(lock_timeout) }
+}
+
+/// The longest a pooled connection waits for any one answer of the server.
+pub(super) fn answer_limit(lock_timeout: Duration) -> Duration {
+    lock_timeout + ANSWER_MARGIN
 }
 
 #[derive(diesel::MultiConnection)]

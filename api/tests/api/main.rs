@@ -8,4 +8,5 @@ mod migrations;
 mod replay;
 mod service;
 mod stream;
+mod stream_gaps;
 mod support;
