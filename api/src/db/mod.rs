@@ -1,9 +1,10 @@
 //! The database tier: one pool over MySQL or SQLite, the blocking helper every query goes
 //! through, readiness, and the embedded migrations. SQL lives only under this module.
 //!
-//! `Db` is the facade; behind it `pool` (connections and their sessions), `work` (one piece
-//! of work as its request waits for it: the commit gate, retries), `error` (failures and
-//! their classification) and `migrate` (migrations and their lock).
+//! `Db` is the facade; behind it `pool` (connections and their sessions), `mysql_timeouts`
+//! (limits on a MySQL connection's waits for its server), `work` (one piece of work as its
+//! request waits for it: the commit gate, retries), `error` (failures and their
+//! classification) and `migrate` (migrations and their lock).
 
 pub mod events;
 pub mod messages;

@@ -44,7 +44,7 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(2);
 /// path to it is gone: the wait fails as a lost connection, and its blocking thread comes
 /// free, instead of waiting for TCP to give up (about 15 minutes) or, behind a proxy that
 /// keeps the connection open, forever.
-pub(super) fn net_timeouts(lock_timeout: Duration) -> NetTimeouts {
+fn net_timeouts(lock_timeout: Duration) -> NetTimeouts {
     NetTimeouts { connect: CONNECT_TIMEOUT, read_write: answer_limit(lock_timeout) }
 }
 

@@ -257,21 +257,21 @@ where
             }
         }
     });
-    let mut waiting =
+    let mut guard =
         AbandonOnDrop { ticket, watch: COMMIT_WATCH.try_with(Clone::clone).ok(), done: false };
     let joined = tokio::select! {
         biased;
         joined = &mut task => joined,
         () = tokio::time::sleep_until(deadline.into()) => {
-            if waiting.ticket.abandon_queued() {
-                waiting.done = true;
+            if guard.ticket.abandon_queued() {
+                guard.done = true;
                 metrics::counter!("db_pool_checkout_timeouts_total").increment(1);
                 return Err(pool::no_connection("no thread came free in time"));
             }
             (&mut task).await
         }
     };
-    waiting.done = true;
+    guard.done = true;
     joined.map_err(|e| DbError::Other(anyhow!("database task failed: {e}")))?
 }
 
