@@ -190,9 +190,9 @@ impl IntoResponse for ApiError {
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
         match error {
-            DbError::Unavailable(detail) | DbError::Busy(detail) | DbError::Conflict(detail) => {
-                Self::Unavailable(detail)
-            }
+            DbError::Unavailable(detail)
+            | DbError::Busy(detail)
+            | DbError::WriteConflict(detail) => Self::Unavailable(detail),
             // Only a request that stopped waiting abandons work; nobody reads this answer.
             DbError::Abandoned => Self::Unavailable(error.to_string()),
             DbError::OutcomeUnknown => Self::OutcomeUnknown(error.to_string()),

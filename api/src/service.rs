@@ -6,7 +6,7 @@ use crate::db::{Db, DbError};
 use crate::domain::{
     DomainError, EditToken, IdempotencyKey, MessageText, TokenSealer, now, request_hash,
 };
-use crate::events::EventHub;
+use crate::live::EventHub;
 use crate::views::{Message, utc};
 
 /// A stored message and the edit token handed to its author.

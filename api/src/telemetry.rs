@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 use crate::db::{DbError, ERRORS_METRIC};
-use crate::events::{SUBSCRIBERS, WATCHER_LAG, WATCHER_LAST_SUCCESS};
+use crate::live::{SUBSCRIBERS, WATCHER_LAG, WATCHER_LAST_SUCCESS};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 

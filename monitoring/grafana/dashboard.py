@@ -80,7 +80,7 @@ PANELS = [
     ("Idempotent replays", "Writes answered from an earlier response to the same Idempotency-Key (client retries).",
      "reqps", "timeseries",
      [("sum by (route) (rate(messages_idempotent_replays_total[5m]))", "{{route}}")]),
-    ("Database errors by kind", "Failed database calls per second by kind (unavailable, timeout, conflict, ...).",
+    ("Database errors by kind", "Failed database calls per second by kind (unavailable, timeout, write_conflict, constraint, ...).",
      "reqps", "timeseries",
      [("sum by (kind) (rate(db_errors_total[5m]))", "{{kind}}")]),
 ]

@@ -87,12 +87,27 @@ newButton.addEventListener('click', () => {
   $('feed-title').focus({ preventScroll: true });
 });
 
-async function refresh() {
-  try {
-    noteArrivals(await feed.refresh());
-  } catch {
-    // Unavailability raises the outage banner, whose recovery refreshes again.
+// One refresh at a time, and one more for any asked for meanwhile: an answer read earlier
+// must not land after a later one (the first load and the stream's `ready` often overlap).
+let refreshing = null;
+let refreshAgain = false;
+function refresh() {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
   }
+  refreshing = (async () => {
+    do {
+      refreshAgain = false;
+      try {
+        noteArrivals(await feed.refresh());
+      } catch {
+        // Unavailability raises the outage banner, whose recovery refreshes again.
+      }
+    } while (refreshAgain);
+    refreshing = null;
+  })();
+  return refreshing;
 }
 
 async function loadLimits() {

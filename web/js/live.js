@@ -10,7 +10,6 @@ export class LiveUpdates {
   #resync;
   #onState;
   #source = null;
-  #everOpened = false;
   #pollTimer = null;
   #retryTimer = null;
 
@@ -43,11 +42,12 @@ export class LiveUpdates {
     source.addEventListener('open', () => {
       this.#stopPolling();
       this.#onState('live');
-      // The browser resumes with Last-Event-ID on its own reconnects, but a stream opened
-      // anew (after polling, or an outage) starts from now: fetch what happened meanwhile.
-      if (this.#everOpened) this.#resync();
-      this.#everOpened = true;
     });
+    // A new stream starts from now: what changed before its `ready` is the list's to show,
+    // and the page's list may be older (read while the stream was opening, or before an
+    // outage or polling), so bring it up to date. The browser's own reconnects resume with
+    // Last-Event-ID and replay what they missed instead.
+    source.addEventListener('ready', () => this.#resync());
     for (const type of ['created', 'updated', 'deleted']) {
       source.addEventListener(type, (event) => {
         let data;

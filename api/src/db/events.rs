@@ -44,7 +44,10 @@ pub struct EventRow {
     pub logged_at: NaiveDateTime,
 }
 
-/// Appends an event; call it inside the transaction that makes the change.
+/// Appends an event; call it inside the transaction that makes the change, as its last
+/// statement before the commit: the event's number is taken here and is missing from the
+/// log until the commit, and readers wait for a missing number only so long
+/// (`Db::answer_limit`).
 pub fn record(
     conn: &mut DbConnection,
     kind: EventKind,
@@ -89,6 +92,20 @@ pub fn since(
             Some(EventRow { seq, kind: EventKind::parse(&kind)?, message_id, message, logged_at })
         })
         .collect())
+}
+
+/// Where a reader that starts now stands: the newest `count` events, oldest first, and the
+/// number below them. A number between them that is missing may belong to a change still
+/// in flight.
+pub fn tail(conn: &mut DbConnection, count: i64) -> Result<(i64, Vec<i64>), DbError> {
+    let mut seqs: Vec<i64> = message_events::table
+        .select(message_events::seq)
+        .order(message_events::seq.desc())
+        .limit(count + 1)
+        .load(conn)?;
+    let below = if seqs.len() as i64 > count { seqs.pop().unwrap_or(0) } else { 0 };
+    seqs.reverse();
+    Ok((below, seqs))
 }
 
 /// The newest event's number (0 in an empty log).

@@ -128,7 +128,6 @@ fn insert(
             ))
             .execute(conn)?;
         let id = last_insert_id(conn)?;
-        events::record(conn, EventKind::Created, id, new.now)?;
         if let Some(record) = idempotency {
             diesel::insert_into(idempotency_keys::table)
                 .values((
@@ -140,6 +139,10 @@ fn insert(
                 ))
                 .execute(conn)?;
         }
+        // The change number last, after anything that may wait for another transaction's
+        // lock: the number stays uncommitted no longer than the commit takes, and the live
+        // stream's watcher waits for a missing number only that long (`live::LogCursor`).
+        events::record(conn, EventKind::Created, id, new.now)?;
         gate.enter()?;
         Ok(MessageRow {
             id,

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::events::EventHub;
+use crate::live::EventHub;
 use crate::service::Messages;
 
 /// What every handler can reach.

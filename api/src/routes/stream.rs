@@ -21,7 +21,7 @@ use crate::db::events::{self, EventRow};
 use crate::db::{DbConnection, DbError};
 use crate::domain::now;
 use crate::error::{ApiError, Problem};
-use crate::events::{Broadcast, ChangeEvent, Delivery, HEARTBEAT_FRAME, sse_frame};
+use crate::live::{Broadcast, ChangeEvent, Delivery, HEARTBEAT_FRAME, sse_frame};
 use crate::position::Position;
 
 /// The most events replayed to a reconnecting client; further behind, it is told to reload.

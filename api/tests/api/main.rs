@@ -5,8 +5,10 @@
 mod mariadb;
 mod messages;
 mod metrics;
+mod migration_lock;
 mod migrations;
 mod replay;
 mod service;
 mod stream;
+mod stream_gaps;
 mod support;

@@ -24,7 +24,7 @@ async fn alerted_metrics_have_values_from_the_start(backend: Backend) {
     let api = &ApiProcess::spawn(backend).await;
     assert_eq!(api.metric(SUBSCRIBERS).await, Some(0.0));
     assert_eq!(api.metric(REPLAYS).await, Some(0.0));
-    for kind in ["unavailable", "timeout", "conflict", "not_found", "other"] {
+    for kind in ["unavailable", "timeout", "write_conflict", "constraint", "not_found", "other"] {
         let series = format!(r#"db_errors_total{{kind="{kind}"}}"#);
         assert_eq!(api.metric(&series).await, Some(0.0), "{series}");
     }

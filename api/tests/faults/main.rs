@@ -1,7 +1,9 @@
-//! Fault tests on real processes: the database stopped under load, the API killed during
-//! writes, and the API stopped with requests in flight. They run one at a time, whatever
-//! `--test-threads` says: they time real outages and restarts, which parallel load would blur.
+//! Fault tests on real processes: the database stopped under load, or vanished without a word
+//! (`black_hole`), the API killed during writes, and the API stopped with requests in flight.
+//! They run one at a time, whatever `--test-threads` says: they time real outages and
+//! restarts, which parallel load would blur.
 
+mod black_hole;
 #[path = "../common/mariadb.rs"]
 mod mariadb;
 mod support;

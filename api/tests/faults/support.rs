@@ -132,6 +132,21 @@ impl Database {
     pub fn connect(&self) -> MysqlConnection {
         MysqlConnection::establish(&self.url()).expect("connect to the test database")
     }
+
+    /// The server's TCP address.
+    pub fn address(&self) -> std::net::SocketAddr {
+        let url = url::Url::parse(&self.server).unwrap();
+        let host = url.host_str().unwrap().parse().expect("TEST_MYSQL_URL names an IP address");
+        std::net::SocketAddr::new(host, url.port().unwrap_or(3306))
+    }
+
+    /// The URL of the database with the server's address replaced, to reach it through a proxy.
+    pub fn url_via(&self, proxy: std::net::SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url()).unwrap();
+        url.set_ip_host(proxy.ip()).unwrap();
+        url.set_port(Some(proxy.port())).unwrap();
+        url.into()
+    }
 }
 
 impl Drop for Database {

@@ -22,9 +22,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const BATCH: i64 = 500;
 /// A sequence number still missing this long after a higher one was read belongs to a
 /// transaction that rolled back (or to another Galera node's numbering, and never comes):
-/// the watcher stops waiting for it. Write transactions last far less: a lock wait is cut
-/// at the request's time limit and a commit is the last step.
-const GAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// the watcher stops waiting for it. A write takes its number in its last statement before
+/// the commit, and a connection waits for each answer at most `Db::answer_limit`: a number
+/// missing longer than that and this margin will not commit.
+const GAP_MARGIN: Duration = Duration::from_secs(2);
+/// The newest events a starting watcher reads as had (nobody streamed from it before): a
+/// number missing between them may belong to a change still in flight, which is streamed
+/// when it commits, as if the watcher had always run.
+const START_WINDOW: i64 = BATCH;
 /// The most events the watcher keeps above a gap: half of what a token may carry, so that
 /// a resumed stream's position (the client's and the watcher's together) fits in one.
 const MAX_ABOVE_GAP: usize = position::MAX_ABOVE / 2;
@@ -178,9 +183,10 @@ impl EventHub {
     /// Follows the change log from its current end, forever.
     pub async fn watch(self, db: Db) {
         let mut failures = FailureStreak::default();
+        let gap_timeout = db.answer_limit() + GAP_MARGIN;
         let mut cursor = loop {
-            match db.run(events::newest).await {
-                Ok(newest) => break LogCursor::new(newest),
+            match db.run(|conn| events::tail(conn, START_WINDOW)).await {
+                Ok((below, newest)) => break LogCursor::resume(below, &newest, gap_timeout),
                 Err(error) => {
                     failures.failed(&error);
                     tokio::time::sleep(POLL_INTERVAL).await;
@@ -208,7 +214,7 @@ impl EventHub {
                 Ok(rows) => {
                     let mut newest = None;
                     for row in rows {
-                        if !cursor.first_sight(row.seq) {
+                        if !cursor.insert(row.seq) {
                             continue;
                         }
                         newest = newest.max(Some(row.logged_at));
@@ -266,15 +272,24 @@ impl FailureStreak {
 struct LogCursor {
     position: Position,
     seen_at: BTreeMap<i64, Instant>,
+    /// How long a missing number is waited for.
+    gap_timeout: Duration,
 }
 
 impl LogCursor {
-    fn new(floor: i64) -> Self {
-        Self { position: Position::at(floor), seen_at: BTreeMap::new() }
+    /// At `floor`, with the events `had` above it (ascending); numbers missing between them
+    /// are waited for from now on.
+    fn resume(floor: i64, had: &[i64], gap_timeout: Duration) -> Self {
+        let mut cursor =
+            Self { position: Position::at(floor), seen_at: BTreeMap::new(), gap_timeout };
+        for &seq in had {
+            cursor.insert(seq);
+        }
+        cursor
     }
 
-    /// True the first time an event is read.
-    fn first_sight(&mut self, seq: i64) -> bool {
+    /// Takes an event into the position: true the first time it is read.
+    fn insert(&mut self, seq: i64) -> bool {
         if !self.position.insert(seq) {
             return false;
         }
@@ -290,14 +305,14 @@ impl LogCursor {
         true
     }
 
-    /// Stops waiting for the numbers missing below events read `GAP_TIMEOUT` ago or
+    /// Stops waiting for the numbers missing below events read `gap_timeout` ago or
     /// longer; true if the position moved.
     fn give_up_old_gaps(&mut self) -> bool {
         let Some(last_due) = self
             .seen_at
             .iter()
             .rev()
-            .find(|(_, seen)| seen.elapsed() >= GAP_TIMEOUT)
+            .find(|(_, seen)| seen.elapsed() >= self.gap_timeout)
             .map(|(&seq, _)| seq)
         else {
             return false;
@@ -317,24 +332,26 @@ impl LogCursor {
 mod tests {
     use super::*;
 
+    const GAP_TIMEOUT: Duration = Duration::from_secs(15);
+
     #[test]
     fn cursor_sends_each_event_once_in_any_order() {
-        let mut cursor = LogCursor::new(10);
-        assert!(cursor.first_sight(11));
-        assert!(cursor.first_sight(13));
-        assert!(!cursor.first_sight(13));
-        assert!(!cursor.first_sight(9));
+        let mut cursor = LogCursor::resume(10, &[], GAP_TIMEOUT);
+        assert!(cursor.insert(11));
+        assert!(cursor.insert(13));
+        assert!(!cursor.insert(13));
+        assert!(!cursor.insert(9));
         assert_eq!(cursor.position.to_string(), "11.2", "waits for 12, which may still commit");
-        assert!(cursor.first_sight(12), "a late commit is still sent");
+        assert!(cursor.insert(12), "a late commit is still sent");
         assert_eq!(cursor.position, Position::at(13));
         assert!(cursor.seen_at.is_empty());
     }
 
     #[test]
     fn cursor_gives_up_gaps_below_events_read_long_ago() {
-        let mut cursor = LogCursor::new(0);
+        let mut cursor = LogCursor::resume(0, &[], GAP_TIMEOUT);
         for seq in [3, 6, 9] {
-            cursor.first_sight(seq);
+            cursor.insert(seq);
         }
         assert!(!cursor.give_up_old_gaps(), "nothing is old yet");
         let long_ago = Instant::now() - GAP_TIMEOUT;
@@ -343,6 +360,15 @@ mod tests {
         assert!(cursor.give_up_old_gaps());
         assert_eq!(cursor.position.to_string(), "6.3", "each gap has its own clock");
         assert_eq!(cursor.seen_at.keys().copied().collect::<Vec<_>>(), [9]);
-        assert!(!cursor.first_sight(5), "a gap given up on stays given up");
+        assert!(!cursor.insert(5), "a gap given up on stays given up");
+    }
+
+    #[test]
+    fn a_resumed_cursor_waits_for_numbers_missing_among_the_newest_events() {
+        let mut cursor = LogCursor::resume(40, &[41, 43, 44], GAP_TIMEOUT);
+        assert_eq!(cursor.position.highest(), 44);
+        assert!(!cursor.insert(43), "events of the log's tail count as had");
+        assert!(cursor.insert(42), "a change in flight at the start is sent when it commits");
+        assert_eq!(cursor.position, Position::at(44));
     }
 }
