@@ -1,12 +1,16 @@
 # shellcheck shell=bash
 # A throwaway three-node MariaDB Galera cluster on loopback with HAProxy in front, for the
 # cluster tests and the cluster benchmark. Everything lives in one temporary folder: each
-# node's data, socket, config and logs, and HAProxy's config, runtime socket and log. It
+# node's data, socket, config and logs, and HAProxy's config, runtime socket, log and exit
+# status (kept after a failure: galera_keep_logs). Each node and HAProxy run in sessions of
+# their own, so a signal to the process group of a test or a node reaches no other. It
 # never touches a system server or its data. Source scripts/lib/common.sh first.
 #
 #   galera_start   starts the cluster and HAProxy; exports GALERA_DIR, GALERA_NODE_PORTS,
 #                  HAPROXY_PORT, HAPROXY_SOCKET and TEST_MYSQL_URL (through HAProxy)
 #   galera_stop    kills everything started and removes the folder (use it in traps)
+#   galera_keep_logs DIR   copies the nodes' and HAProxy's logs (and HAProxy's exit status)
+#                  to DIR first, after a failure
 #
 # Node N (1-3) is started from its own option file, $GALERA_DIR/nodeN/my.cnf, so that a
 # test can kill a node and start it again exactly as here (galera_node_start N).
@@ -21,7 +25,9 @@ GALERA_CHECK_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/galera-check"
 galera_node_start() {
     local n=$1
     shift
-    "$(PATH="$PATH:/usr/sbin" command -v mariadbd)" --defaults-file="$GALERA_DIR/node$n/my.cnf" "$@" \
+    # A session of its own (setsid), as HAProxy has: a signal to the process group of the
+    # tests, or of another node, never reaches it.
+    setsid "$(PATH="$PATH:/usr/sbin" command -v mariadbd)" --defaults-file="$GALERA_DIR/node$n/my.cnf" "$@" \
         </dev/null >/dev/null 2>&1 &
     # Stopped through its pid file, by galera_stop or a test; no job notice when killed.
     disown
@@ -103,7 +109,15 @@ _haproxy_config() {
         cat <<EOF
 global
     maxconn 4000
-    pidfile $dir/haproxy.pid
+    # One thread. With several, HAProxy 2.6 crashes (BUG_ON in task_queue, from
+    # back_handle_st_cer) when live traffic marks a node down (observe layer4) while that
+    # node's external check, which pins its task to the thread that forked it, is running
+    # on another thread: seen in 1 of 6-8 kill -9 runs on two cores. One thread carries far
+    # more than the pooled connections of the API replicas.
+    nbthread 1
+    # To stderr, which the runner keeps (_haproxy_start): server state changes and
+    # abnormal sessions.
+    log stderr format raw local0 info
     # The runtime API, for planned maintenance (set server mysql/node1 state drain).
     stats socket $dir/haproxy.sock mode 600 level admin
     # The health check runs a script (galera-check), which needs fork().
@@ -113,6 +127,8 @@ global
 defaults
     mode tcp
     log global
+    option tcplog
+    option dontlog-normal
     timeout connect 1s
     # Longer than the API keeps an idle pooled connection (r2d2: 10 minutes).
     timeout client 1h
@@ -194,10 +210,28 @@ galera_start() {
     _haproxy_config
     step "Starting HAProxy on 127.0.0.1:$HAPROXY_PORT (node1 active, node2 and node3 backups)"
     haproxy -c -q -f "$GALERA_DIR/haproxy/haproxy.cfg"
-    haproxy -D -f "$GALERA_DIR/haproxy/haproxy.cfg" >"$GALERA_DIR/haproxy/haproxy.log" 2>&1
+    _haproxy_start
     wait_for 30 _haproxy_node_up node1
     export GALERA_NODE_PORTS_LIST="${GALERA_NODE_PORTS[*]}" HAPROXY_PORT HAPROXY_SOCKET
     export TEST_MYSQL_URL="mysql://messages:messages@127.0.0.1:$HAPROXY_PORT"
+}
+
+# HAProxy runs in the foreground (-db) under a shell in a session of its own (setsid), so
+# that no signal sent to the process group of the tests or of a node reaches it. The shell
+# keeps what a failure needs in $GALERA_DIR/haproxy: haproxy.log (HAProxy's stderr: its
+# alerts, warnings and log, and the health check's errors), haproxy.exit (its exit status;
+# 128+N for signal N) and a core file if it crashed.
+_haproxy_start() {
+    local dir="$GALERA_DIR/haproxy"
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    setsid bash -c 'cd "$1" || exit
+        ulimit -c unlimited
+        haproxy -db -f haproxy.cfg &
+        echo $! >haproxy.pid
+        wait $!
+        echo $? >haproxy.exit' haproxy-runner "$dir" </dev/null >>"$dir/haproxy.log" 2>&1 &
+    disown
+    wait_for 10 test -s "$dir/haproxy.pid"
 }
 
 # haproxy_command CMD: one command on HAProxy's runtime socket (e.g. "show servers state").
@@ -214,6 +248,23 @@ EOF
 # Whether HAProxy reports the server as UP.
 _haproxy_node_up() {
     haproxy_command "show stat" | grep -q "^mysql,$1,.*,UP,"
+}
+
+# galera_keep_logs DIR: copies what explains a failure to DIR, which outlives galera_stop:
+# each node's option file and error log, HAProxy's config, log and exit status (and core
+# file, if it crashed).
+galera_keep_logs() {
+    local dir=$1 n file
+    mkdir -p "$dir"
+    for n in $(seq 1 "$GALERA_NODES"); do
+        for file in my.cnf error.log; do
+            [ -f "$GALERA_DIR/node$n/$file" ] && cp "$GALERA_DIR/node$n/$file" "$dir/node$n-$file"
+        done
+    done
+    for file in "$GALERA_DIR"/haproxy/haproxy.{cfg,log,exit} "$GALERA_DIR"/haproxy/core*; do
+        [ -f "$file" ] && cp "$file" "$dir/"
+    done
+    return 0
 }
 
 galera_stop() {
