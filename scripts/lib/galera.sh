@@ -20,6 +20,8 @@ GALERA_NODES=3
 # The user HAProxy's health check logs in as; it needs no privilege (scripts/lib/galera-check).
 GALERA_CHECK_USER=haproxy_check
 GALERA_CHECK_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/galera-check"
+# The Galera and InnoDB settings shipped for production; every node here includes them.
+GALERA_CNF="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/galera/messages-galera.cnf"
 
 # galera_node_start N [--wsrep-new-cluster]: starts node N in the background.
 galera_node_start() {
@@ -57,9 +59,12 @@ galera_wait_synced() {
     fi
 }
 
-# Writes node N's option file. Ports: client P, group communication G, IST I, SST S.
+# Node N's option file: the shipped Galera settings (galera/messages-galera.cnf), then what
+# differs per node: paths, ports, addresses, and the test machine's sizes. Ports: client P,
+# group communication G, IST I, SST S.
 _galera_node_config() {
-    local n=$1 port=$2 gcomm=$3 ist=$4 sst=$5 cluster=$6 dir="$GALERA_DIR/node$1"
+    local n=$1 port=$2 gcomm=$3 ist=$4 sst=$5 cluster=$6 dir="$GALERA_DIR/node$1" options
+    options=$(_galera_shipped_provider_options)
     mkdir -p "$dir/data"
     local user=""
     [ "$(id -u)" -eq 0 ] && user="user=mysql"
@@ -73,32 +78,34 @@ bind-address=127.0.0.1
 skip-name-resolve
 pid-file=$dir/mariadb.pid
 log-error=$dir/error.log
+# Three nodes and the tests share one machine.
 max-connections=500
 innodb_buffer_pool_size=64M
-# Galera's requirements: row events, interleaved auto-increment locks.
-binlog_format=ROW
-default_storage_engine=InnoDB
-innodb_autoinc_lock_mode=2
-# A commit is durable once certified by the group; the log is flushed once a second (the
-# usual Galera setting: a node that loses its last second recovers it by IST).
-innodb_flush_log_at_trx_commit=2
-wsrep_on=ON
-wsrep_provider=/usr/lib/galera/libgalera_smm.so
-wsrep_cluster_name=messages
+wsrep_slave_threads=2
+
+!include $GALERA_CNF
+
+[galera]
 wsrep_cluster_address=gcomm://$cluster
 wsrep_node_name=node$n
 wsrep_node_address=127.0.0.1
-# IST's default port (the group port + 1) would collide with the next node's group port.
-# A node that stops answering is declared gone after 1 s instead of 5 s, and the survivors
-# agree on the new view in 0.2 s steps instead of 1 s: until then the cluster holds every
-# commit (a kill -9 stalled commits 2.0 s with 1 s steps, 1.3 s with these). Shorter
-# suspect timeouts (0.5-0.7 s) were tried: on two loaded shared cores a busy SST donor or
-# a starved node was then evicted too, and the cluster did not form.
-wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$gcomm;ist.recv_addr=127.0.0.1:$ist;gcache.size=128M;evs.keepalive_period=PT0.2S;evs.inactive_check_period=PT0.2S;evs.suspect_timeout=PT1S;evs.inactive_timeout=PT2S;evs.install_timeout=PT2S;evs.join_retrans_period=PT0.2S"
+# One variable: this node's group and IST ports (IST's default, the group port + 1, would
+# be the next node's group port on one host), then the shipped options.
+wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$gcomm;ist.recv_addr=127.0.0.1:$ist;$options"
 wsrep_sst_method=rsync
 wsrep_sst_receive_address=127.0.0.1:$sst
-wsrep_slave_threads=2
 EOF
+}
+
+# The shipped file's wsrep_provider_options: each node adds its own ones to them.
+_galera_shipped_provider_options() {
+    local options
+    options=$(sed -n 's/^wsrep_provider_options="\(.*\)"$/\1/p' "$GALERA_CNF")
+    if [ -z "$options" ] || [ "$(wc -l <<<"$options")" -ne 1 ]; then
+        echo "$GALERA_CNF must set wsrep_provider_options=\"...\" on exactly one line" >&2
+        return 1
+    fi
+    echo "$options"
 }
 
 # Writes HAProxy's config: one node at a time (the others are backups), checked for Synced.
