@@ -119,8 +119,8 @@ global
     # One thread. With several, HAProxy 2.6 crashes (BUG_ON in task_queue, from
     # back_handle_st_cer) when live traffic marks a node down (observe layer4) while that
     # node's external check, which pins its task to the thread that forked it, is running
-    # on another thread: seen in 1 of 6-8 kill -9 runs on two cores. One thread carries far
-    # more than the pooled connections of the API replicas.
+    # on another thread: 2 of 16 kill -9 runs on two cores crashed it, none of 15 with one
+    # thread. One thread carries far more than the pooled connections of the API replicas.
     nbthread 1
     # To stderr, which the runner keeps (_haproxy_start): server state changes and
     # abnormal sessions.

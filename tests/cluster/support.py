@@ -204,6 +204,12 @@ class Api:
                 continue
         return lines
 
+    def metric(self, name: str) -> float:
+        """The sum of a counter's samples on the replica's /metrics."""
+        text = request("GET", self.base + "/metrics").body
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
