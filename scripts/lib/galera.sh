@@ -1,12 +1,16 @@
 # shellcheck shell=bash
 # A throwaway three-node MariaDB Galera cluster on loopback with HAProxy in front, for the
 # cluster tests and the cluster benchmark. Everything lives in one temporary folder: each
-# node's data, socket, config and logs, and HAProxy's config, runtime socket and log. It
+# node's data, socket, config and logs, and HAProxy's config, runtime socket, log and exit
+# status (kept after a failure: galera_keep_logs). Each node and HAProxy run in sessions of
+# their own, so a signal to the process group of a test or a node reaches no other. It
 # never touches a system server or its data. Source scripts/lib/common.sh first.
 #
 #   galera_start   starts the cluster and HAProxy; exports GALERA_DIR, GALERA_NODE_PORTS,
 #                  HAPROXY_PORT, HAPROXY_SOCKET and TEST_MYSQL_URL (through HAProxy)
 #   galera_stop    kills everything started and removes the folder (use it in traps)
+#   galera_keep_logs DIR   copies the nodes' and HAProxy's logs (and HAProxy's exit status)
+#                  to DIR first, after a failure
 #
 # Node N (1-3) is started from its own option file, $GALERA_DIR/nodeN/my.cnf, so that a
 # test can kill a node and start it again exactly as here (galera_node_start N).
@@ -16,12 +20,16 @@ GALERA_NODES=3
 # The user HAProxy's health check logs in as; it needs no privilege (scripts/lib/galera-check).
 GALERA_CHECK_USER=haproxy_check
 GALERA_CHECK_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/galera-check"
+# The Galera and InnoDB settings shipped for production; every node here includes them.
+GALERA_CNF="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/galera/messages-galera.cnf"
 
 # galera_node_start N [--wsrep-new-cluster]: starts node N in the background.
 galera_node_start() {
     local n=$1
     shift
-    "$(PATH="$PATH:/usr/sbin" command -v mariadbd)" --defaults-file="$GALERA_DIR/node$n/my.cnf" "$@" \
+    # A session of its own (setsid), as HAProxy has: a signal to the process group of the
+    # tests, or of another node, never reaches it.
+    setsid "$(PATH="$PATH:/usr/sbin" command -v mariadbd)" --defaults-file="$GALERA_DIR/node$n/my.cnf" "$@" \
         </dev/null >/dev/null 2>&1 &
     # Stopped through its pid file, by galera_stop or a test; no job notice when killed.
     disown
@@ -51,9 +59,12 @@ galera_wait_synced() {
     fi
 }
 
-# Writes node N's option file. Ports: client P, group communication G, IST I, SST S.
+# Node N's option file: the shipped Galera settings (galera/messages-galera.cnf), then what
+# differs per node: paths, ports, addresses, and the test machine's sizes. Ports: client P,
+# group communication G, IST I, SST S.
 _galera_node_config() {
-    local n=$1 port=$2 gcomm=$3 ist=$4 sst=$5 cluster=$6 dir="$GALERA_DIR/node$1"
+    local n=$1 port=$2 gcomm=$3 ist=$4 sst=$5 cluster=$6 dir="$GALERA_DIR/node$1" options
+    options=$(_galera_shipped_provider_options)
     mkdir -p "$dir/data"
     local user=""
     [ "$(id -u)" -eq 0 ] && user="user=mysql"
@@ -67,32 +78,34 @@ bind-address=127.0.0.1
 skip-name-resolve
 pid-file=$dir/mariadb.pid
 log-error=$dir/error.log
+# Three nodes and the tests share one machine.
 max-connections=500
 innodb_buffer_pool_size=64M
-# Galera's requirements: row events, interleaved auto-increment locks.
-binlog_format=ROW
-default_storage_engine=InnoDB
-innodb_autoinc_lock_mode=2
-# A commit is durable once certified by the group; the log is flushed once a second (the
-# usual Galera setting: a node that loses its last second recovers it by IST).
-innodb_flush_log_at_trx_commit=2
-wsrep_on=ON
-wsrep_provider=/usr/lib/galera/libgalera_smm.so
-wsrep_cluster_name=messages
+wsrep_slave_threads=2
+
+!include $GALERA_CNF
+
+[galera]
 wsrep_cluster_address=gcomm://$cluster
 wsrep_node_name=node$n
 wsrep_node_address=127.0.0.1
-# IST's default port (the group port + 1) would collide with the next node's group port.
-# A node that stops answering is declared gone after 1 s instead of 5 s, and the survivors
-# agree on the new view in 0.2 s steps instead of 1 s: until then the cluster holds every
-# commit (a kill -9 stalled commits 2.0 s with 1 s steps, 1.3 s with these). Shorter
-# suspect timeouts (0.5-0.7 s) were tried: on two loaded shared cores a busy SST donor or
-# a starved node was then evicted too, and the cluster did not form.
-wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$gcomm;ist.recv_addr=127.0.0.1:$ist;gcache.size=128M;evs.keepalive_period=PT0.2S;evs.inactive_check_period=PT0.2S;evs.suspect_timeout=PT1S;evs.inactive_timeout=PT2S;evs.install_timeout=PT2S;evs.join_retrans_period=PT0.2S"
+# One variable: this node's group and IST ports (IST's default, the group port + 1, would
+# be the next node's group port on one host), then the shipped options.
+wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$gcomm;ist.recv_addr=127.0.0.1:$ist;$options"
 wsrep_sst_method=rsync
 wsrep_sst_receive_address=127.0.0.1:$sst
-wsrep_slave_threads=2
 EOF
+}
+
+# The shipped file's wsrep_provider_options: each node adds its own ones to them.
+_galera_shipped_provider_options() {
+    local options
+    options=$(sed -n 's/^wsrep_provider_options="\(.*\)"$/\1/p' "$GALERA_CNF")
+    if [ -z "$options" ] || [ "$(wc -l <<<"$options")" -ne 1 ]; then
+        echo "$GALERA_CNF must set wsrep_provider_options=\"...\" on exactly one line" >&2
+        return 1
+    fi
+    echo "$options"
 }
 
 # Writes HAProxy's config: one node at a time (the others are backups), checked for Synced.
@@ -103,7 +116,15 @@ _haproxy_config() {
         cat <<EOF
 global
     maxconn 4000
-    pidfile $dir/haproxy.pid
+    # One thread. With several, HAProxy 2.6 crashes (BUG_ON in task_queue, from
+    # back_handle_st_cer) when live traffic marks a node down (observe layer4) while that
+    # node's external check, which pins its task to the thread that forked it, is running
+    # on another thread: 2 of 16 kill -9 runs on two cores crashed it, none of 15 with one
+    # thread. One thread carries far more than the pooled connections of the API replicas.
+    nbthread 1
+    # To stderr, which the runner keeps (_haproxy_start): server state changes and
+    # abnormal sessions.
+    log stderr format raw local0 info
     # The runtime API, for planned maintenance (set server mysql/node1 state drain).
     stats socket $dir/haproxy.sock mode 600 level admin
     # The health check runs a script (galera-check), which needs fork().
@@ -113,6 +134,8 @@ global
 defaults
     mode tcp
     log global
+    option tcplog
+    option dontlog-normal
     timeout connect 1s
     # Longer than the API keeps an idle pooled connection (r2d2: 10 minutes).
     timeout client 1h
@@ -194,10 +217,28 @@ galera_start() {
     _haproxy_config
     step "Starting HAProxy on 127.0.0.1:$HAPROXY_PORT (node1 active, node2 and node3 backups)"
     haproxy -c -q -f "$GALERA_DIR/haproxy/haproxy.cfg"
-    haproxy -D -f "$GALERA_DIR/haproxy/haproxy.cfg" >"$GALERA_DIR/haproxy/haproxy.log" 2>&1
+    _haproxy_start
     wait_for 30 _haproxy_node_up node1
     export GALERA_NODE_PORTS_LIST="${GALERA_NODE_PORTS[*]}" HAPROXY_PORT HAPROXY_SOCKET
     export TEST_MYSQL_URL="mysql://messages:messages@127.0.0.1:$HAPROXY_PORT"
+}
+
+# HAProxy runs in the foreground (-db) under a shell in a session of its own (setsid), so
+# that no signal sent to the process group of the tests or of a node reaches it. The shell
+# keeps what a failure needs in $GALERA_DIR/haproxy: haproxy.log (HAProxy's stderr: its
+# alerts, warnings and log, and the health check's errors), haproxy.exit (its exit status;
+# 128+N for signal N) and a core file if it crashed.
+_haproxy_start() {
+    local dir="$GALERA_DIR/haproxy"
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    setsid bash -c 'cd "$1" || exit
+        ulimit -c unlimited
+        haproxy -db -f haproxy.cfg &
+        echo $! >haproxy.pid
+        wait $!
+        echo $? >haproxy.exit' haproxy-runner "$dir" </dev/null >>"$dir/haproxy.log" 2>&1 &
+    disown
+    wait_for 10 test -s "$dir/haproxy.pid"
 }
 
 # haproxy_command CMD: one command on HAProxy's runtime socket (e.g. "show servers state").
@@ -214,6 +255,23 @@ EOF
 # Whether HAProxy reports the server as UP.
 _haproxy_node_up() {
     haproxy_command "show stat" | grep -q "^mysql,$1,.*,UP,"
+}
+
+# galera_keep_logs DIR: copies what explains a failure to DIR, which outlives galera_stop:
+# each node's option file and error log, HAProxy's config, log and exit status (and core
+# file, if it crashed).
+galera_keep_logs() {
+    local dir=$1 n file
+    mkdir -p "$dir"
+    for n in $(seq 1 "$GALERA_NODES"); do
+        for file in my.cnf error.log; do
+            [ -f "$GALERA_DIR/node$n/$file" ] && cp "$GALERA_DIR/node$n/$file" "$dir/node$n-$file"
+        done
+    done
+    for file in "$GALERA_DIR"/haproxy/haproxy.{cfg,log,exit} "$GALERA_DIR"/haproxy/core*; do
+        [ -f "$file" ] && cp "$file" "$dir/"
+    done
+    return 0
 }
 
 galera_stop() {

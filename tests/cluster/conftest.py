@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +31,15 @@ pytest_terminal_summary = harness.report_kept_run_dir("*/replica-*.log")
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Cluster:
+def cluster() -> Iterator[Cluster]:
     if "GALERA_DIR" not in os.environ:
         pytest.fail("No cluster: run these tests with scripts/test-cluster (make test-cluster).", pytrace=False)
     cluster = Cluster()
     for node in NODES:
         assert cluster.synced(node), f"node{node} is not Synced: {cluster.status(node)}"
-    return cluster
+    yield cluster
+    # The load balancer outlives every failure the tests cause.
+    assert not cluster.haproxy_ended(), cluster.haproxy_ended()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,8 +24,24 @@ NODES = (1, 2, 3)
 # What the API may answer when the database is briefly unavailable or a commit lost a
 # certification conflict: documented, retryable, never a 500.
 RETRYABLE = {503}
-
-
+# The replicas' time limit per request (REQUEST_TIMEOUT_SECS): at the limit the API answers
+# 503 itself. The client waits longer, so that such an answer is recorded as one, never as
+# "no answer".
+REQUEST_LIMIT = 10
+CLIENT_TIMEOUT = REQUEST_LIMIT + 5
+# The state of the nodes that explains a request that waits: sessions, transactions, lock
+# waits, and the cluster's replication counters.
+STALL_QUERIES = {
+    "processlist": "SELECT ID, USER, HOST, DB, COMMAND, TIME_MS, STATE, INFO FROM information_schema.PROCESSLIST "
+                   "WHERE COMMAND <> 'Daemon' ORDER BY ID",
+    "innodb_trx": "SELECT trx_id, trx_state, trx_started, trx_wait_started, trx_mysql_thread_id, trx_query, "
+                  "trx_operation_state, trx_rows_locked, trx_rows_modified FROM information_schema.INNODB_TRX",
+    "innodb_lock_waits": "SELECT * FROM information_schema.INNODB_LOCK_WAITS",
+    "wsrep": "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state_comment', 'wsrep_last_committed', "
+             "'wsrep_local_recv_queue', 'wsrep_local_send_queue', 'wsrep_flow_control_paused', "
+             "'wsrep_local_bf_aborts', 'wsrep_local_cert_failures')",
+    "innodb_status": "SHOW ENGINE INNODB STATUS",
+}
 
 
 def pid_alive(pid: int) -> bool:
@@ -96,9 +113,23 @@ class Cluster:
 
     def haproxy(self, command: str) -> str:
         with socket.socket(socket.AF_UNIX) as s:
-            s.connect(self.haproxy_socket)
+            try:
+                s.connect(self.haproxy_socket)
+            except OSError as error:
+                raise AssertionError(f"HAProxy's runtime socket: {error!r}. {self.haproxy_ended()}") from error
             s.sendall(command.encode() + b"\n")
             return b"".join(iter(lambda: s.recv(65536), b"")).decode()
+
+    def haproxy_ended(self) -> str:
+        """How HAProxy ended, from what scripts/lib/galera.sh keeps: its exit status and the
+        end of its log; empty while it runs."""
+        folder = Path(self.haproxy_socket).parent
+        status = folder / "haproxy.exit"
+        if not status.exists():
+            return ""
+        tail = (folder / "haproxy.log").read_text(errors="replace").splitlines()[-12:]
+        return f"HAProxy exited with status {status.read_text().strip()}; the end of {folder}/haproxy.log:\n" \
+            + "\n".join(tail)
 
     def servers(self) -> dict[str, dict[str, str]]:
         """HAProxy's view of each node: status (UP, DOWN, DRAIN, MAINT), scur (sessions), bck."""
@@ -115,6 +146,19 @@ class Cluster:
             if row["status"] == "UP":
                 return int(name.removeprefix("node"))
         raise AssertionError(f"HAProxy has no server UP: {servers}")
+
+    def state(self, nodes=NODES) -> str:
+        """The nodes' sessions, transactions, lock waits and wsrep counters, as text."""
+        parts = []
+        for node in nodes:
+            for name, query in STALL_QUERIES.items():
+                try:
+                    rows = self.sql(node, query)
+                except subprocess.SubprocessError as error:
+                    rows = [[repr(error)]]
+                parts.append(f"== node{node} {name}")
+                parts += ["\t".join(row) for row in rows]
+        return "\n".join(parts) + "\n"
 
     def create_database(self, name: str | None = None) -> str:
         name = name or f"cluster_{uuid.uuid4().hex[:12]}"
@@ -136,7 +180,8 @@ class Api:
         environment = {
             **os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "DATABASE_URL": database_url,
             "TOKEN_SEALING_KEY": "the cluster tests' token sealing secret, 32+ bytes",
-            "LOG_LEVEL": "info,messages_api=info", "LOG_FORMAT": "json", **env,
+            "LOG_LEVEL": "info,messages_api=info", "LOG_FORMAT": "json",
+            "REQUEST_TIMEOUT_SECS": str(REQUEST_LIMIT), **env,
         }
         with open(self.log, "w") as log:
             self.process = subprocess.Popen([str(binary)], cwd=workdir, env=environment,
@@ -158,6 +203,12 @@ class Api:
             except ValueError:
                 continue
         return lines
+
+    def metric(self, name: str) -> float:
+        """The sum of a counter's samples on the replica's /metrics."""
+        text = request("GET", self.base + "/metrics").body
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -186,7 +237,7 @@ class Answer:
 
 
 def request(method: str, url: str, body: object = None, headers: dict[str, str] | None = None,
-            timeout: float = 10) -> Answer:
+            timeout: float = CLIENT_TIMEOUT) -> Answer:
     parts = urlsplit(url)
     headers = dict(headers or {})
     data = None
@@ -293,7 +344,7 @@ class Load:
     """Threads sending reads and writes round-robin to the replicas until stopped; every
     answer is kept with its status and time."""
 
-    def __init__(self, bases: list[str], threads: int = 8, writers: int = 3, timeout: float = 5):
+    def __init__(self, bases: list[str], threads: int = 8, writers: int = 3, timeout: float = CLIENT_TIMEOUT):
         self.bases = bases
         self.timeout = timeout
         self.stop_event = threading.Event()
@@ -344,6 +395,51 @@ class Load:
     def wait_for_requests(self, count: int, timeout: float = 30) -> None:
         start = len(self.snapshot())
         eventually(lambda: len(self.snapshot()) >= start + count, timeout, f"{count} more requests")
+
+
+class StallWatch:
+    """Watches requests in flight. The first time one has waited `after` seconds, it saves
+    the nodes' state (Cluster.state) to `path`, taken while the wait lasts."""
+
+    def __init__(self, cluster: Cluster, path: Path, nodes=NODES, after: float = 3.0):
+        self.cluster, self.path, self.nodes, self.after = cluster, path, nodes, after
+        self.started: dict[object, float] = {}
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.saved = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @contextmanager
+    def request(self):
+        key = object()
+        with self.lock:
+            self.started[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self.lock:
+                del self.started[key]
+
+    def _run(self) -> None:
+        while not self.saved and not self.stop_event.wait(0.2):
+            with self.lock:
+                oldest = min(self.started.values(), default=None)
+            if oldest is not None and time.monotonic() - oldest > self.after:
+                waited = time.monotonic() - oldest
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text(f"A request had waited {waited:.1f}s.\n" + self.cluster.state(self.nodes))
+                self.saved = True
+
+    def __enter__(self) -> StallWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+
+    def evidence(self) -> str:
+        return f"; the nodes' state during the wait is in {self.path}" if self.saved else ""
 
 
 def outcome_unknown(answer: Answer) -> bool:

@@ -187,6 +187,10 @@ fn earlier_use(
     }))
 }
 
+/// The one read after a write in a transaction, and a safe one (see `update`): the statement
+/// is prepared for this call and closed after it, so an abort leaves no cached statement
+/// behind, and the transaction holds only the new row's lock, which no other node's write
+/// can need (each Galera node numbers rows by its own auto-increment offset).
 fn last_insert_id(conn: &mut DbConnection) -> QueryResult<i64> {
     // MySQL has no RETURNING; both backends report the id of the connection's last insert.
     match conn {
@@ -200,6 +204,13 @@ fn last_insert_id(conn: &mut DbConnection) -> QueryResult<i64> {
 }
 
 /// Replaces the text; `None` when the message does not exist (any more).
+///
+/// Nothing is read once the transaction holds the row's lock: the answer is built from the
+/// known values (`created_at` never changes, so it is read first, without a lock). On a
+/// Galera node, a write from another node that needs the lock aborts the holder, and a
+/// prepared SELECT aborted after its row was sent ends in an error packet that leaves the
+/// client library's statement expecting more rows: that cached statement's next run then
+/// waits forever for them, holding the connection, a blocking thread and the row's lock.
 pub fn update(
     conn: &mut DbConnection,
     gate: &CommitGate,
@@ -207,18 +218,27 @@ pub fn update(
     text: &str,
     now: NaiveDateTime,
 ) -> Result<Option<MessageRow>, DbError> {
-    Ok(conn.transaction(|conn| {
+    let Some(created_at) =
+        messages::table.find(id).select(messages::created_at).first(conn).optional()?
+    else {
+        return Ok(None);
+    };
+    let changed = conn.transaction(|conn| {
         let changed = diesel::update(messages::table.find(id))
             .set((messages::message.eq(text), messages::updated_at.eq(now)))
             .execute(conn)?;
-        if changed == 0 {
-            return Ok(None);
+        if changed > 0 {
+            events::record(conn, EventKind::Updated, id, now)?;
+            gate.enter()?;
         }
-        events::record(conn, EventKind::Updated, id, now)?;
-        let row = messages::table.find(id).select(MessageRow::as_select()).first(conn)?;
-        gate.enter()?;
-        Ok::<_, DieselError>(Some(row))
-    })?)
+        Ok::<_, DieselError>(changed)
+    })?;
+    Ok((changed > 0).then(|| MessageRow {
+        id,
+        message: text.to_owned(),
+        created_at,
+        updated_at: now,
+    }))
 }
 
 /// Deletes the message; false when it did not exist.
