@@ -437,17 +437,23 @@ class Project:
                         stage.uses.append(use)
 
     def suite_sources(self, suite: Path) -> list:
-        """The Python files a pytest suite (a folder, or one file of it) runs: with one
-        file, the modules of its folder that it imports; tests/lib/harness.py when imported."""
-        folder = suite if suite.is_dir() else suite.parent
-        sources = sorted(folder.glob("*.py")) if suite.is_dir() else [suite]
+        """The Python files a pytest suite (a folder, or one file of it) runs, and the modules
+        they import from its folder or from the folders they put on sys.path."""
+        folders = [suite if suite.is_dir() else suite.parent]
+        sources = sorted(folders[0].glob("*.py")) if suite.is_dir() else [suite]
         index = 0
         while index < len(sources):
             text = sources[index].read_text()
+            # Folders put on sys.path, as ROOT / "tests/k8s" or Path(...) / "lib".
+            for inserted in re.findall(r"sys\.path\.insert\(.*?\"((?:tests/)?\w+)\"\)*$", text, re.M):
+                folder = self.root / inserted if inserted.startswith("tests/") else self.root / "tests" / inserted
+                if folder.is_dir() and folder not in folders:
+                    folders.append(folder)
             for module in re.findall(r"^(?:from|import) (\w+)", text, re.M):
-                found = folder / f"{module}.py" if module != "harness" else self.root / "tests/lib/harness.py"
-                if found.is_file() and found not in sources:
-                    sources.append(found)
+                for folder in folders:
+                    found = folder / f"{module}.py"
+                    if found.is_file() and found not in sources:
+                        sources.append(found)
             index += 1
         return sources
 
