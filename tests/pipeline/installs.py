@@ -481,13 +481,20 @@ def shell_builtins() -> frozenset:
     return frozenset(out.split())
 
 
+# What apt-cache and dpkg said, for the machines the tests make.
+_GRAPH: dict = {}
+_OWNERS: dict = {}
+
+
 def dependency_graph(packages) -> dict:
     """package -> the packages it depends on (Depends, Pre-Depends; virtual names as they
-    are), for the given packages and everything they depend on: one apt-cache call."""
-    packages = sorted(set(packages))
-    graph: dict = {package: set() for package in packages}
+    are), for the given packages and everything they depend on: one apt-cache call for the
+    packages not asked about before."""
+    packages = sorted(set(packages) - set(_GRAPH))
     if not packages:
-        return graph
+        return _GRAPH
+    graph = _GRAPH
+    graph.update({package: set() for package in packages})
     out = subprocess.run(
         ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
          "--no-breaks", "--no-replaces", "--no-enhances", *packages],
@@ -532,19 +539,20 @@ def file_owners(paths) -> dict:
     """path -> the Debian packages that ship it (or the file its links end at): one dpkg call."""
     asked = {}
     for path in paths:
-        asked[str(path)] = str(path)
-        asked.setdefault(os.path.realpath(path), str(path))
-    owners: dict = {str(path): set() for path in paths}
-    if not asked:
-        return owners
-    out = subprocess.run(["dpkg-query", "-S", *asked], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        names, _, shipped = line.partition(": ")
-        if shipped in asked:
-            owners[asked[shipped]] |= {name.strip().split(":")[0] for name in names.split(",")}
-    return owners
+        if str(path) not in _OWNERS:
+            asked[str(path)] = str(path)
+            asked.setdefault(os.path.realpath(path), str(path))
+    _OWNERS.update({path: set() for path in asked.values()})
+    if asked:
+        out = subprocess.run(["dpkg-query", "-S", *asked], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            names, _, shipped = line.partition(": ")
+            if shipped in asked:
+                _OWNERS[asked[shipped]] |= {name.strip().split(":")[0] for name in names.split(",")}
+    return {str(path): _OWNERS[str(path)] for path in paths}
 
 
+@functools.cache
 def installed_packages() -> dict:
     """package -> Priority, of the packages installed here."""
     out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}\t${Package}\t${Priority}\n"],
