@@ -27,7 +27,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +38,8 @@ RUSTUP_COMMANDS = {"cargo", "rustc", "rustup", "rustfmt", "rustdoc", "cargo-fmt"
 CARGO_BUILDS = {"build", "b", "test", "t", "clippy", "run", "r", "check", "c", "doc", "bench", "tarpaulin"}
 # Commands that run the command named in their arguments.
 WRAPPERS = {"exec", "env", "nice", "nohup", "setsid", "sudo", "timeout", "time", "command", "xargs", "stdbuf"}
-# Their options that take a value.
-WRAPPER_OPTIONS_WITH_VALUE = {"-n", "-u", "-s", "-k", "-I", "-P", "-L", "-o", "-e", "-i"} - {"-i"}
+# Their options that take a value (nice -n 5, env -u NAME, timeout -s KILL, xargs -I {}, ...).
+WRAPPER_OPTIONS_WITH_VALUE = {"-n", "-u", "-s", "-k", "-I", "-P", "-L"}
 PYTHON_RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "spawn"}
 SBIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
@@ -234,11 +233,11 @@ def command_of(call: Call) -> tuple[str | None, list]:
 # ----------------------------------------------------------------------------- python
 
 
-def python_commands(path: Path) -> tuple[list, list]:
+def python_commands(path: Path, root: Path) -> tuple[list, list]:
     """The commands a Python file spawns by name, and the scripts it runs: "scripts/NAME"
     run, or joined onto a folder (ROOT / "scripts/NAME")."""
     tree = ast.parse(path.read_text())
-    uses, scripts, paths = [], [], []  # paths: joined onto a folder, or run
+    uses, scripts, paths = [], [], []  # paths: the strings run, or joined onto a folder
 
     def first_string(node):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -255,16 +254,12 @@ def python_commands(path: Path) -> tuple[list, list]:
                 name = func.attr if owner in ("subprocess", "shutil") else None
             else:
                 name = getattr(func, "id", None)
-            if name in PYTHON_RUNNERS and node.args:
+            if (name in PYTHON_RUNNERS or name == "which") and node.args:
                 command = first_string(node.args[0])
                 if command and re.fullmatch(r"[\w.+-]+", command):
-                    uses.append(Use(command, f"{path}:{node.lineno}"))
-            if name == "which" and node.args:
-                command = first_string(node.args[0])
-                if command:
-                    uses.append(Use(command, f"{path}:{node.lineno}"))
-            if name in PYTHON_RUNNERS and node.args:
-                paths.append(first_string(node.args[0]))
+                    uses.append(Use(command, f"{path.relative_to(root)}:{node.lineno}"))
+                elif name in PYTHON_RUNNERS:
+                    paths.append(command)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             joined = first_string(node.right)
             left = node.left
@@ -278,11 +273,11 @@ def python_commands(path: Path) -> tuple[list, list]:
     return uses, scripts
 
 
-def node_commands(path: Path) -> list:
+def node_commands(path: Path, root: Path) -> list:
     uses = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         for command in re.findall(r"\b(?:spawn|spawnSync|execFile|execFileSync)\(\s*'([\w.+-]+)'", line):
-            uses.append(Use(command, f"{path}:{number}"))
+            uses.append(Use(command, f"{path.relative_to(root)}:{number}"))
     return uses
 
 
@@ -332,7 +327,7 @@ class Project:
         stages, scripts = [], []
         for target, lines in recipes.items():
             recipe = parse_shell(self.root / "Makefile", self.root, "\n".join(lines))
-            stages.append(self.stage(f"make {target}", [recipe], f"Makefile ({target})"))
+            stages.append(self.stage(f"make {target}", [recipe]))
             scripts.extend(self.called_scripts([recipe]))
         seen = set()
         while scripts:
@@ -341,12 +336,13 @@ class Project:
                 continue
             seen.add(name)
             files = self.with_sources(self.script_path(name))
-            stages.append(self.stage(f"scripts/{name}", files, f"scripts/{name}"))
+            stages.append(self.stage(f"scripts/{name}", files))
             scripts.extend(self.called_scripts(files))
         return stages
 
-    def reachable_calls(self, files: list) -> list:
-        """(file, call) of the top level of files[0] and of every function it reaches."""
+    def reachable_calls(self, files: list) -> tuple[list, dict]:
+        """(file, call) of the top level of files[0] and of every function it reaches; and
+        the functions of all files, by name."""
         functions = {}
         for parsed in reversed(files):
             for name, body in parsed.functions.items():
@@ -371,12 +367,14 @@ class Project:
                 names.append(found.group(1))
         return names
 
-    def stage(self, name: str, files: list, label: str) -> Stage:
+    def stage(self, name: str, files: list) -> Stage:
         stage = Stage(name)
-        self.add_shell(stage, files, label, set())
+        self.add_shell(stage, files, set())
         return stage
 
-    def add_shell(self, stage: Stage, files: list, label: str, seen: set) -> None:
+    def add_shell(self, stage: Stage, files: list, seen: set) -> None:
+        """Adds what a script (files[0], with the libraries it sources) calls and installs,
+        and what the suites and scripts it runs call; seen: the suites and scripts added."""
         calls, functions = self.reachable_calls(files)
         library_functions = self.library_functions()
         arrays: dict = {}
@@ -420,21 +418,17 @@ class Project:
                 continue
             seen.add(suite)
             for source in self.suite_sources(self.root / suite):
-                uses, scripts = python_commands(source)
-                for use in uses:
-                    use.where = str(Path(use.where).relative_to(self.root))
+                uses, scripts = python_commands(source, self.root)
                 stage.uses.extend(uses)
                 for script in scripts:
                     if script not in seen and self.script_path(script).is_file():
                         seen.add(script)
-                        self.add_shell(stage, self.with_sources(self.script_path(script)), script, seen)
+                        self.add_shell(stage, self.with_sources(self.script_path(script)), seen)
         if e2e and "e2e" not in seen:
             seen.add("e2e")
             for source in sorted((self.root / "e2e").rglob("*.js")):
                 if "node_modules" not in source.parts:
-                    for use in node_commands(source):
-                        use.where = str(Path(use.where).relative_to(self.root))
-                        stage.uses.append(use)
+                    stage.uses.extend(node_commands(source, self.root))
 
     def suite_sources(self, suite: Path) -> list:
         """The Python files a pytest suite (a folder, or one file of it) runs, and the modules
