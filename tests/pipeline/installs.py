@@ -531,18 +531,18 @@ def candidates(command: str) -> list:
 
 def file_owners(paths) -> dict:
     """path -> the Debian packages that ship it (or the file its links end at): one dpkg call."""
-    asked = {}
-    for path in paths:
-        if str(path) not in _OWNERS:
-            asked[str(path)] = str(path)
-            asked.setdefault(os.path.realpath(path), str(path))
-    _OWNERS.update({path: set() for path in asked.values()})
+    asked: dict = {}  # a file, or the file links end at -> the paths it stands for
+    for path in map(str, paths):
+        if path not in _OWNERS:
+            _OWNERS[path] = set()
+            asked.setdefault(path, set()).add(path)
+            asked.setdefault(os.path.realpath(path), set()).add(path)
     if asked:
         out = subprocess.run(["dpkg-query", "-S", *asked], capture_output=True, text=True).stdout
         for line in out.splitlines():
             names, _, shipped = line.partition(": ")
-            if shipped in asked:
-                _OWNERS[asked[shipped]] |= {name.strip().split(":")[0] for name in names.split(",")}
+            for path in asked.get(shipped, ()):
+                _OWNERS[path] |= {name.strip().split(":")[0] for name in names.split(",")}
     return {str(path): _OWNERS[str(path)] for path in paths}
 
 
