@@ -17,7 +17,7 @@ test-k8s: ## Only the Kubernetes manifests' tests: kubectl kustomize | kubernete
 	scripts/test-k8s
 
 test-monitoring: ## Only the monitoring tests: promtool, amtool, alert unit tests, alerts firing in a real Prometheus (builds the API first)
-	cargo build --locked -p messages-api
+	scripts/build
 	scripts/test-monitoring
 
 test-pipeline: ## Only the pipeline gates' and the EC2 host's tests: dependency policy, Trivy gates, cfn-lint, prepare-host in a Debian root
@@ -34,11 +34,11 @@ chaos: ## Only the fault tests (database outage, crash, graceful stop), against 
 	scripts/chaos
 
 openapi: ## Regenerate the committed OpenAPI document from the code
-	cargo run --locked --quiet -p messages-api -- openapi > openapi/openapi.json
+	scripts/build --quiet
+	target/debug/messages-api openapi > openapi/openapi.json
 
 lint: ## Formatting and clippy only
-	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	scripts/lint
 
 fmt: ## Format the code
 	cargo fmt --all

