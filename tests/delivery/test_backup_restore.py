@@ -8,6 +8,7 @@ import gzip
 import itertools
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,8 @@ def source(api_bin, mysql_server, new_database, run_dir) -> str:
     url = f"http://127.0.0.1:{port}"
     try:
         eventually(lambda: serving(api, url + "/health"), 60, "the API to turn healthy")
-        for i, text in enumerate(HOSTILE_TEXTS):
-            post_message(url, text, idempotency_key=f"delivery-{i}")
+        for text in HOSTILE_TEXTS:
+            post_message(url, text, idempotency_key=str(uuid.uuid4()))
     finally:
         stop_pid(api.pid, 10)
         api.wait()

@@ -151,7 +151,8 @@ pub async fn list_messages(
 }
 
 /// Posts a message. With an `Idempotency-Key`, a retry of the same request within 24 hours
-/// returns the original response instead of posting again.
+/// returns the original response, edit token included, instead of posting again: the key
+/// must be unguessable.
 #[utoipa::path(
     post,
     path = "/api/messages",
@@ -159,17 +160,18 @@ pub async fn list_messages(
     request_body = MessageInput,
     params(
         ("Idempotency-Key" = Option<String>, Header,
-         description = "1 to 255 visible ASCII characters; makes retries safe",
-         min_length = 1, max_length = 255),
+         description = "Makes retries safe. A random UUID (e.g. `crypto.randomUUID()`), or 32 to 255 random characters from A-Z, a-z, 0-9, `-` and `_`: 128 bits or more from a secure random source, since a replay hands the edit token to whoever sends the key. A key that is shorter, has other characters, or fewer than 6 different ones is refused (400).",
+         min_length = 32, max_length = 255, pattern = "^[A-Za-z0-9_-]{32,255}$",
+         example = "0b7e2a3c-5d41-4f6a-9c2e-8a1b3c4d5e6f"),
     ),
     responses(
         (status = 201, description = "Created (or replayed: header Idempotent-Replayed)", body = CreatedMessage,
          headers(("Location" = String, description = "The new message's URL"))),
-        (status = 400, description = "Malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, or a guessable Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key created a message before an upgrade, and its edit token can no longer be replayed", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid message, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid message, or an Idempotency-Key used within 24 hours for another text (problem type /problems/idempotency-key-reused; it says only that)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable or busy, or the time limit passed before anything was saved: nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         (status = 504, description = "The time limit passed, or the database connection failed, while the message was being committed: it may or may not exist. Retry only with the same Idempotency-Key (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),

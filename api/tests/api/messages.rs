@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
 
+use crate::idempotency::fresh_key;
 use crate::support::{Backend, TestApp, assert_problem, both_backends};
 
 both_backends!(
@@ -310,10 +311,11 @@ async fn admin_token_may_edit_and_delete_any_message(backend: Backend) {
 
 async fn idempotent_retry_returns_the_original_response(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let key = fresh_key();
     let send = || {
         app.client
             .post(app.url("/api/messages"))
-            .header("Idempotency-Key", "retry-123")
+            .header("Idempotency-Key", &key)
             .json(&json!({"message": "exactly once"}))
             .send()
     };
@@ -349,10 +351,11 @@ async fn idempotent_retry_returns_the_original_response(backend: Backend) {
 
 async fn idempotency_key_reused_with_another_body_is_rejected(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let key = fresh_key();
     let post = |text: &'static str| {
         app.client
             .post(app.url("/api/messages"))
-            .header("Idempotency-Key", "key-A")
+            .header("Idempotency-Key", &key)
             .json(&json!({ "message": text }))
             .send()
     };
@@ -379,10 +382,11 @@ async fn concurrent_creates_get_distinct_ids_and_none_is_lost(backend: Backend) 
 
 async fn concurrent_retries_with_one_key_create_one_message(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let key = fresh_key();
     let requests = (0..10).map(|_| {
         app.client
             .post(app.url("/api/messages"))
-            .header("Idempotency-Key", "same-key")
+            .header("Idempotency-Key", &key)
             .json(&json!({"message": "only once"}))
             .send()
     });

@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::idempotency::fresh_key;
 use crate::support::{ApiProcess, Backend, both_backends, eventually};
 
 both_backends!(
@@ -59,10 +60,11 @@ async fn stream_subscribers_follow_open_streams(backend: Backend) {
 
 async fn idempotent_replays_are_counted(backend: Backend) {
     let api = &ApiProcess::spawn(backend).await;
+    let key = &fresh_key();
     let create = || async move {
         api.client
             .post(api.url("/api/messages"))
-            .header("Idempotency-Key", "metrics-replay-1")
+            .header("Idempotency-Key", key)
             .json(&json!({"message": "once"}))
             .send()
             .await
