@@ -72,15 +72,22 @@ pub fn build_router(state: AppState, settings: &Settings) -> Router {
     let (api, document) = api_routes().split_for_parts();
     let mut router = api
         .route("/metrics", get(meta::metrics))
-        .route_layer(middleware::from_fn(telemetry::track_metrics))
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", document))
         .with_state(state);
     router = match &settings.web_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(get(not_found))),
         None => router.fallback(not_found),
     };
+    with_layers(router, settings)
+}
+
+/// The layers every request passes through, outermost first. `Router::layer` wraps each
+/// route, so the metrics still see the matched route.
+fn with_layers(router: Router, settings: &Settings) -> Router {
     router.layer(
         ServiceBuilder::new()
+            // Around the time limit and the panic catcher: their answers are counted too.
+            .layer(middleware::from_fn(telemetry::track_metrics))
             .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
             .layer(
                 TraceLayer::new_for_http()
@@ -270,4 +277,31 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use clap::Parser;
+    use tower::Service;
+
+    use super::*;
+
+    async fn a_bug() -> &'static str {
+        panic!("a bug")
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_answered_500_and_counted() {
+        let metrics = telemetry::metrics_handle();
+        let settings = config::Cli::try_parse_from(["messages-api"]).unwrap().settings;
+        let panics = Router::new().route("/test/panic", get(a_bug));
+        let mut router = with_layers(panics, &settings);
+        let request = Request::get("/test/panic").body(Body::empty()).unwrap();
+        let response = router.call(request).await.unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let exposed = metrics.render();
+        let counted = r#"http_requests_total{method="GET",route="/test/panic",status="500"} 1"#;
+        assert!(exposed.lines().any(|line| line == counted), "{exposed}");
+    }
 }

@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::idempotency::fresh_key;
-use crate::support::{ApiProcess, Backend, both_backends, eventually};
+use crate::support::{ApiProcess, Backend, TestDatabase, both_backends, eventually};
 
 both_backends!(
+    requests_cut_by_the_time_limit_are_counted_with_their_status,
     alerted_metrics_have_values_from_the_start,
     stream_subscribers_follow_open_streams,
     idempotent_replays_are_counted,
@@ -96,4 +99,40 @@ async fn watcher_timestamp_advances_while_it_polls(backend: Backend) {
     assert_eq!(created.send().await.unwrap().status(), StatusCode::CREATED);
     let lag = api.metric(LAG).await.unwrap();
     assert!((0.0..5.0).contains(&lag), "a caught-up watcher lags little: {lag}");
+}
+
+/// Takes the write lock on the messages table from a connection of its own; dropping the
+/// connection gives it back.
+fn lock_messages(db: &TestDatabase) -> Box<dyn std::any::Any> {
+    let url = db.url();
+    match url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+            conn.batch_execute("BEGIN IMMEDIATE").unwrap();
+            Box::new(conn)
+        }
+        None => {
+            let mut conn = db.mysql();
+            conn.batch_execute("LOCK TABLES messages WRITE").unwrap();
+            Box::new(conn)
+        }
+    }
+}
+
+/// The time limit answers outside the routes' own code (the deadline layer): such an
+/// answer is counted, and timed, all the same.
+async fn requests_cut_by_the_time_limit_are_counted_with_their_status(backend: Backend) {
+    let api = &ApiProcess::spawn_with(backend, &["--request-timeout-secs", "1"]).await;
+    let lock = lock_messages(&api.db);
+    let create = api.client.post(api.url("/api/messages")).json(&json!({"message": "cut"}));
+    let status = create.send().await.unwrap().status();
+    drop(lock);
+    assert!(
+        [StatusCode::SERVICE_UNAVAILABLE, StatusCode::GATEWAY_TIMEOUT].contains(&status),
+        "cut by the time limit: {status}"
+    );
+    let labels = format!(r#"{{method="POST",route="/api/messages",status="{}"}}"#, status.as_u16());
+    assert_eq!(api.metric(&format!("http_requests_total{labels}")).await, Some(1.0));
+    let timed = api.metric(&format!("http_request_duration_seconds_count{labels}")).await;
+    assert_eq!(timed, Some(1.0));
 }
