@@ -92,15 +92,16 @@ impl Messages {
                     return Err(ServiceError::ReplayUnavailable { message_id });
                 }
                 let key = key.expect("only a request with a key is replayed");
-                let token = self.sealer.open(&token_cipher, &key, message_id).map_err(|source| {
-                    tracing::error!(
-                        message_id,
-                        error = %source,
-                        "cannot replay a create: check that every replica has the same \
-                         TOKEN_SEALING_KEY"
-                    );
-                    ServiceError::SealBroken { message_id, source }
-                })?;
+                let token =
+                    self.sealer.open(&token_cipher, &key, message_id).map_err(|source| {
+                        tracing::error!(
+                            message_id,
+                            error = %source,
+                            "cannot replay a create: check that every replica has the same \
+                             TOKEN_SEALING_KEY"
+                        );
+                        ServiceError::SealBroken { message_id, source }
+                    })?;
                 let message = Message {
                     id: message_id,
                     message: text.as_str().to_owned(),

@@ -47,8 +47,7 @@ async fn replay_refuses_a_tampered_seal_and_creates_no_duplicate() {
     // Version and nonce kept, the sealed token zeroed, the tag kept.
     alter_seal(&app, "CONCAT(LEFT(token_cipher, 13), REPEAT(X'00', 32), RIGHT(token_cipher, 16))");
 
-    let problem =
-        assert_problem(create_with_key(&app, KEY).await, StatusCode::CONFLICT).await;
+    let problem = assert_problem(create_with_key(&app, KEY).await, StatusCode::CONFLICT).await;
     assert_eq!(problem["type"], "/problems/idempotent-replay-unavailable", "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("sealing key"), "{problem}");
     assert_eq!(count(&app).await, 1, "no duplicate");
@@ -96,8 +95,7 @@ async fn upgrade_erases_tokens_kept_the_old_way() {
         .unwrap();
     assert_eq!(lengths.iter().map(|l| l.length).collect::<Vec<_>>(), [0], "erased");
 
-    let problem =
-        assert_problem(create_with_key(&upgraded, KEY).await, StatusCode::CONFLICT).await;
+    let problem = assert_problem(create_with_key(&upgraded, KEY).await, StatusCode::CONFLICT).await;
     assert_eq!(problem["type"], "/problems/idempotent-replay-unavailable", "{problem}");
     assert_eq!(count(&upgraded).await, 1, "no duplicate");
 }
@@ -109,8 +107,7 @@ async fn replay_of_a_token_in_the_old_form_is_refused() {
     let app = TestApp::spawn(Backend::Mysql).await;
     assert_eq!(create_with_key(&app, KEY).await.status(), StatusCode::CREATED);
     alter_seal(&app, "REPEAT(X'AB', 32)");
-    let problem =
-        assert_problem(create_with_key(&app, KEY).await, StatusCode::CONFLICT).await;
+    let problem = assert_problem(create_with_key(&app, KEY).await, StatusCode::CONFLICT).await;
     assert!(problem["detail"].as_str().unwrap().contains("no longer reads"), "{problem}");
     assert_eq!(count(&app).await, 1);
 }
@@ -121,19 +118,16 @@ async fn replay_of_a_token_in_the_old_form_is_refused() {
 async fn a_seal_moved_to_another_message_does_not_open(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let key = fresh_key();
-    let first: Value =
-        create_text_with_key(&app, &key, "same text").await.json().await.unwrap();
+    let first: Value = create_text_with_key(&app, &key, "same text").await.json().await.unwrap();
     let second: Value =
         create_text_with_key(&app, &fresh_key(), "same text").await.json().await.unwrap();
     app.db.execute(&format!(
         "UPDATE idempotency_keys SET message_id = {} WHERE message_id = {}",
         second["id"], first["id"]
     ));
-    let problem = assert_problem(
-        create_text_with_key(&app, &key, "same text").await,
-        StatusCode::CONFLICT,
-    )
-    .await;
+    let problem =
+        assert_problem(create_text_with_key(&app, &key, "same text").await, StatusCode::CONFLICT)
+            .await;
     assert_eq!(problem["type"], "/problems/idempotent-replay-unavailable", "{problem}");
     assert_eq!(count(&app).await, 2, "no duplicate");
 }

@@ -224,8 +224,7 @@ async fn crash_during_writes(url: &str, logs: &std::path::Path) {
 /// the crash sends the same one; Err when no answer came.
 async fn create(client: &reqwest::Client, base: &str, text: &str) -> Result<i64, ()> {
     use sha2::Digest;
-    let key: String =
-        sha2::Sha256::digest(text).iter().map(|byte| format!("{byte:02x}")).collect();
+    let key: String = sha2::Sha256::digest(text).iter().map(|byte| format!("{byte:02x}")).collect();
     let response = client
         .post(format!("{base}/api/messages"))
         .header("Idempotency-Key", key)
