@@ -4,20 +4,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum_extra::TypedHeader;
-use axum_extra::headers::Authorization;
-use axum_extra::headers::authorization::Bearer;
-use axum_extra::typed_header::TypedHeaderRejection;
 use chrono::{DateTime, Utc};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::authorization::{MayChange, not_found};
 use super::{ApiJson, ApiPath, ApiQuery, AppState};
 use crate::db::messages as queries;
-use crate::domain::{
-    Cursor, IdempotencyKey, MessageId, MessageText, hash_token, hashes_match, now,
-};
+use crate::domain::{Cursor, IdempotencyKey, MessageId, MessageText, now};
 use crate::error::{ApiError, Problem};
 use crate::telemetry::IDEMPOTENT_REPLAYS;
 use crate::views::{Message, rfc3339};
@@ -26,9 +21,6 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-
-/// The `Authorization: Bearer` header, or why it is not usable; checked after the body.
-type BearerHeader = Result<TypedHeader<Authorization<Bearer>>, TypedHeaderRejection>;
 
 /// The answer to a create: the message and the token that can edit or delete it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -230,7 +222,8 @@ pub async fn get_message(
     row.map(|row| Json(row.into())).ok_or_else(|| not_found(id))
 }
 
-/// Replaces a message's text. Needs the message's edit token or the admin token.
+/// Replaces a message's text. Needs the message's edit token or the admin token, checked
+/// before the body: without a fitting token the answer is 401 or 403 whatever the body.
 #[utoipa::path(
     patch,
     path = "/api/messages/{id}",
@@ -255,12 +248,9 @@ pub async fn get_message(
 )]
 pub async fn update_message(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-    bearer: BearerHeader,
+    MayChange(id): MayChange,
     ApiJson(body): ApiJson<MessageInput>,
 ) -> Result<Json<Message>, ApiError> {
-    let id = MessageId::parse(id)?.get();
-    authorize(&state, id, bearer).await?;
     let text = body.text(state.limits.max_message_chars)?;
     let row = state
         .db
@@ -291,50 +281,12 @@ pub async fn update_message(
 )]
 pub async fn delete_message(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-    bearer: BearerHeader,
+    MayChange(id): MayChange,
 ) -> Result<StatusCode, ApiError> {
-    let id = MessageId::parse(id)?.get();
-    authorize(&state, id, bearer).await?;
     if state.db.write(move |conn, gate| queries::delete(conn, gate, id, now())).await? {
         state.events.wake();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(id))
-    }
-}
-
-fn not_found(id: i64) -> ApiError {
-    ApiError::NotFound(format!("There is no message with id {id}."))
-}
-
-/// Checks the bearer token against the message's edit token and the admin token:
-/// 401 without a token, 404 without the message, 403 with a token that does not fit.
-async fn authorize(state: &AppState, id: i64, bearer: BearerHeader) -> Result<(), ApiError> {
-    let presented = hash_token(bearer_token(&bearer)?);
-    if state.admin_token_hash.as_deref().is_some_and(|admin| hashes_match(admin, &presented)) {
-        let exists = state.db.run(move |conn| queries::get(conn, id)).await?.is_some();
-        return if exists { Ok(()) } else { Err(not_found(id)) };
-    }
-    let stored = state
-        .db
-        .run(move |conn| queries::edit_token_hash(conn, id))
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    match stored {
-        Some(stored) if hashes_match(&stored, &presented) => Ok(()),
-        _ => Err(ApiError::Forbidden("This token may not change this message.".into())),
-    }
-}
-
-fn bearer_token(bearer: &BearerHeader) -> Result<&str, ApiError> {
-    match bearer {
-        Ok(TypedHeader(Authorization(bearer))) if !bearer.token().is_empty() => Ok(bearer.token()),
-        Err(rejection) if rejection.is_missing() => Err(ApiError::Unauthorized(
-            "An Authorization: Bearer header with the message's edit token is required.".into(),
-        )),
-        _ => Err(ApiError::Unauthorized(
-            "The Authorization header must be \"Bearer <token>\".".into(),
-        )),
     }
 }
