@@ -27,6 +27,8 @@ pub enum TextError {
 pub enum DomainError {
     #[error("cursor is malformed: pass the next_cursor of a previous page unchanged")]
     MalformedCursor,
+    #[error("limit must be between 1 and {max}, got {0}", max = PageSize::MAX)]
+    PageSizeOutOfRange(u32),
     #[error("id must be a positive integer, got \"{0}\"")]
     NotAPositiveId(i64),
     #[error(
@@ -75,6 +77,9 @@ impl MessageText {
 pub struct Cursor(i64);
 
 const CURSOR_PREFIX: &str = "v1:";
+/// The longest cursor: "v1:" and 19 digits encode to 30 characters. Anything longer is
+/// refused before it is decoded.
+const CURSOR_MAX_LEN: usize = 30;
 
 impl Cursor {
     pub fn after(id: i64) -> Self {
@@ -90,6 +95,9 @@ impl Cursor {
     }
 
     pub fn decode(raw: &str) -> Result<Self, DomainError> {
+        if raw.len() > CURSOR_MAX_LEN {
+            return Err(DomainError::MalformedCursor);
+        }
         URL_SAFE_NO_PAD
             .decode(raw)
             .ok()
@@ -98,6 +106,26 @@ impl Cursor {
             .filter(|id| *id > 0)
             .map(Self)
             .ok_or(DomainError::MalformedCursor)
+    }
+}
+
+/// How many messages a page holds: 1 to `MAX`, `DEFAULT` when the client does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    pub const DEFAULT: u32 = 20;
+    pub const MAX: u32 = 100;
+
+    pub fn parse(limit: Option<u32>) -> Result<Self, DomainError> {
+        match limit.unwrap_or(Self::DEFAULT) {
+            limit @ 1..=Self::MAX => Ok(Self(limit)),
+            limit => Err(DomainError::PageSizeOutOfRange(limit)),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
     }
 }
 

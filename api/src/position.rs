@@ -198,10 +198,33 @@ mod tests {
     }
 
     #[test]
+    fn the_top_of_the_numbers_is_a_floor_like_any_other() {
+        let top = Position::at(i64::MAX);
+        assert_eq!(Position::parse("9223372036854775807"), Some(top.clone()));
+        assert_eq!(Position::parse("9223372036854775806.1"), Some(top.clone()));
+        let mut raised = position(1, &[i64::MAX]);
+        raised.raise_floor(i64::MAX);
+        assert_eq!(raised, top);
+    }
+
+    #[test]
     fn what_is_not_a_token_is_refused() {
-        for token in
-            ["", "abc", "-1", "4.", "4.0", "4.-2", "4.2x0", "4.x3", "4.2x", "4.1.a", "1.1x99999"]
-        {
+        for token in [
+            "",
+            "abc",
+            "-1",
+            "4.",
+            "4.0",
+            "4.-2",
+            "4.2x0",
+            "4.x3",
+            "4.2x",
+            "4.1.a",
+            "1.1x99999",
+            "0.1.1x18446744073709551615",
+            "9223372036854775807.1",
+            "9223372036854775808",
+        ] {
             assert_eq!(Position::parse(token), None, "{token:?}");
         }
         assert_eq!(
