@@ -24,6 +24,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;
 use axum::routing::get;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -136,7 +137,8 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         telemetry::metrics_handle();
         let db = Db::new(&settings.database, settings.db_lock_timeout())?;
-        let admin_token_hash = settings.admin_token()?.map(|t| Arc::new(domain::hash_token(&t)));
+        let admin_token_hash =
+            settings.admin_token()?.map(|t| Arc::new(domain::hash_token(t.expose_secret())));
         let sealer = token_sealer(settings)?;
         let events = EventHub::default();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
@@ -212,33 +214,24 @@ impl Application {
     }
 }
 
-/// The sealer of edit tokens kept for idempotent replay, from the configured secret or one
-/// generated into the data folder.
+/// The sealer of edit tokens kept for idempotent replay, from the configured secret or, with
+/// SQLite, one generated beside the database file.
 fn token_sealer(settings: &Settings) -> anyhow::Result<Arc<TokenSealer>> {
     let secret = match settings.token_sealing_secret()? {
-        SealingSecret::Configured(secret) => secret,
-        SealingSecret::Generated { secret, path } => {
-            if matches!(settings.database.target()?, config::DatabaseTarget::Mysql { .. }) {
-                tracing::warn!(
-                    key_file = %path.display(),
-                    "TOKEN_SEALING_KEY is not set: using a key of this host's own; replicas \
-                     must share one (set TOKEN_SEALING_KEY_FILE) or replays across them fail"
-                );
-            }
-            secret
-        }
+        SealingSecret::Configured(secret) | SealingSecret::Generated { secret, .. } => secret,
         SealingSecret::Ephemeral { secret, path, error } => {
             tracing::warn!(
                 key_file = %path.display(),
                 %error,
                 "TOKEN_SEALING_KEY is not set and no key file can be kept: sealing with a key \
-                 of this process only; after a restart, or on another replica, replays of \
-                 earlier creates answer 409. Set TOKEN_SEALING_KEY_FILE"
+                 of this process only; after a restart, replays of earlier creates answer \
+                 409. Set TOKEN_SEALING_KEY_FILE"
             );
             secret
         }
     };
-    Ok(Arc::new(TokenSealer::new(secret.as_bytes()).context("TOKEN_SEALING_KEY")?))
+    let sealer = TokenSealer::new(secret.expose_secret().as_bytes());
+    Ok(Arc::new(sealer.context("TOKEN_SEALING_KEY")?))
 }
 
 /// Forgets idempotency keys and change events once they are older than they are needed.

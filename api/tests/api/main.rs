@@ -7,5 +7,6 @@ mod metrics;
 mod migrations;
 mod replay;
 mod service;
+mod startup;
 mod stream;
 mod support;

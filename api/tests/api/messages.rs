@@ -36,7 +36,7 @@ both_backends!(
     sql_and_markup_are_stored_as_plain_text,
 );
 
-const ADMIN: &str = "admin-secret-for-tests";
+const ADMIN: &str = "an admin secret for the tests, 32+ characters";
 
 async fn create_returns_201_with_location_and_edit_token(backend: Backend) {
     let app = TestApp::spawn(backend).await;
