@@ -32,6 +32,8 @@ test('a posted message appears at the top, keeps its line breaks and survives a 
   const response = page.waitForResponse((r) => r.url().endsWith('/api/messages') && r.request().method() === 'POST');
   await page.keyboard.press('Enter');
   assert.equal((await response).status(), 201);
+  const key = (await response).request().headers()['idempotency-key'];
+  assert.match(key, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'a random UUID as Idempotency-Key');
   const created = await (await response).json();
   assert.equal(created.message, `${first}\nand a second line`);
 

@@ -2,12 +2,13 @@
 // error documents and the unbuffered event stream.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 
-import { ACCESS_LOG, API_URL, BASE_URL, RUN_DIR } from './lib/env.js';
+import { ACCESS_LOG, API_URL, BASE_URL, ROOT, RUN_DIR } from './lib/env.js';
 import { createMessage, eventually, freePort, openStream, request } from './lib/http.js';
 import { startNginx } from './lib/stack.js';
 
@@ -184,6 +185,58 @@ test('a burst of writes from one address is answered 429, reads are not limited'
   }
   const read = await request(`${BASE_URL}/api/messages?limit=1`, { localAddress });
   assert.equal(read.status, 200, 'reads still pass');
+});
+
+/** A template variable as nginx/template-defaults.envsh sets it: the one source of its default. */
+function templateVariable(name) {
+  const script = `. nginx/template-defaults.envsh && printf %s "$${name}"`;
+  return execFileSync('sh', ['-c', script], { cwd: ROOT, encoding: 'utf8' });
+}
+
+test('one address may hold STREAM_CONN_LIMIT live streams open; one more is answered 429', async () => {
+  const limit = Number(templateVariable('STREAM_CONN_LIMIT'));
+  assert.ok(limit > 0 && limit <= Number(templateVariable('STREAM_BURST')), 'the rate allows the streams first');
+  const url = `${BASE_URL}/api/messages/stream`;
+  // A loopback address of its own, so these streams use up no other test's allowance.
+  const localAddress = '127.0.0.3';
+  const streams = await Promise.all(Array.from({ length: limit }, () => openStream(url, {}, { localAddress })));
+  try {
+    assert.deepEqual(streams.map((stream) => stream.status), Array(limit).fill(200));
+    const refused = await openStream(url, {}, { localAddress });
+    refused.close();
+    assert.equal(refused.status, 429);
+    assert.equal(refused.headers['retry-after'], '1');
+    const problem = await request(url, { localAddress });
+    assertProblem(problem, 429);
+    assert.match(problem.json.detail, /live streams/);
+    assertSecurityHeaders(problem, '429 on the stream');
+
+    const elsewhere = await openStream(url);
+    elsewhere.close();
+    assert.equal(elsewhere.status, 200, 'another address is not limited by these');
+    streams.pop().close();
+    await eventually(async () => {
+      const again = await openStream(url, {}, { localAddress });
+      again.close();
+      return again.status === 200;
+    });
+  } finally {
+    for (const stream of streams) stream.close();
+  }
+});
+
+test('opening live streams faster than STREAM_RATE_LIMIT beyond STREAM_BURST is answered 429', async () => {
+  const burst = Number(templateVariable('STREAM_BURST'));
+  const url = `${BASE_URL}/api/messages/stream`;
+  const localAddress = '127.0.0.4';
+  const statuses = [];
+  for (let i = 0; i < burst + 10; i++) {
+    const stream = await openStream(url, {}, { localAddress });
+    stream.close();
+    statuses.push(stream.status);
+  }
+  assert.ok(statuses.slice(0, burst).every((status) => status === 200), `the burst passes: ${statuses.join(' ')}`);
+  assert.ok(statuses.filter((status) => status === 429).length >= 5, `then openings are refused: ${statuses.join(' ')}`);
 });
 
 test('with the API down, /api answers a JSON 502 problem document', async () => {

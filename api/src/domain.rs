@@ -27,10 +27,17 @@ pub enum TextError {
 pub enum DomainError {
     #[error("cursor is malformed: pass the next_cursor of a previous page unchanged")]
     MalformedCursor,
+    #[error("limit must be between 1 and {max}, got {0}", max = PageSize::MAX)]
+    PageSizeOutOfRange(u32),
     #[error("id must be a positive integer, got \"{0}\"")]
     NotAPositiveId(i64),
-    #[error("Idempotency-Key must be 1 to {max} visible ASCII characters", max = IdempotencyKey::MAX_LEN)]
-    MalformedIdempotencyKey,
+    #[error(
+        "Idempotency-Key must be a random UUID, or {min} to {max} random characters from \
+         A-Z, a-z, 0-9, '-' and '_' (128 bits or more from a secure random source): {0}",
+        min = IdempotencyKey::MIN_LEN,
+        max = IdempotencyKey::MAX_LEN
+    )]
+    GuessableIdempotencyKey(KeyFlaw),
     #[error("TOKEN_SEALING_KEY must be at least {min} characters long", min = TokenSealer::MIN_SECRET_LEN)]
     WeakSealingSecret,
     /// The stored token does not open: another server secret, or the row was altered.
@@ -70,6 +77,9 @@ impl MessageText {
 pub struct Cursor(i64);
 
 const CURSOR_PREFIX: &str = "v1:";
+/// The longest cursor: "v1:" and 19 digits encode to 30 characters. Anything longer is
+/// refused before it is decoded.
+const CURSOR_MAX_LEN: usize = 30;
 
 impl Cursor {
     pub fn after(id: i64) -> Self {
@@ -85,6 +95,9 @@ impl Cursor {
     }
 
     pub fn decode(raw: &str) -> Result<Self, DomainError> {
+        if raw.len() > CURSOR_MAX_LEN {
+            return Err(DomainError::MalformedCursor);
+        }
         URL_SAFE_NO_PAD
             .decode(raw)
             .ok()
@@ -93,6 +106,26 @@ impl Cursor {
             .filter(|id| *id > 0)
             .map(Self)
             .ok_or(DomainError::MalformedCursor)
+    }
+}
+
+/// How many messages a page holds: 1 to `MAX`, `DEFAULT` when the client does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    pub const DEFAULT: u32 = 20;
+    pub const MAX: u32 = 100;
+
+    pub fn parse(limit: Option<u32>) -> Result<Self, DomainError> {
+        match limit.unwrap_or(Self::DEFAULT) {
+            limit @ 1..=Self::MAX => Ok(Self(limit)),
+            limit => Err(DomainError::PageSizeOutOfRange(limit)),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
     }
 }
 
@@ -140,12 +173,18 @@ pub fn hashes_match(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Seals edit tokens kept for idempotent replay with ChaCha20-Poly1305, under a key derived
-/// (HKDF-SHA256) from the server's secret and the client's Idempotency-Key. Reading the
-/// database alone gives nothing to brute-force, and a changed byte makes the open fail.
+/// (HKDF-SHA256) from the server's secret and the client's Idempotency-Key, and bound to the
+/// message (its id is associated data). Reading the database alone gives nothing to
+/// brute-force, a changed byte makes the open fail, and so does a seal moved to another
+/// message.
 pub struct TokenSealer(Hkdf<Sha256>);
 
-/// Sealed form: version, nonce, then the ciphertext with its tag.
-const SEAL_VERSION: u8 = 1;
+/// Sealed form: version, nonce, then the ciphertext with its tag. Version 2 binds the
+/// message id; version 1, bound to nothing but its version byte, is still opened, so that a
+/// retry across the upgrade gets its token: such rows are gone 24 hours after the deploy
+/// (`IDEMPOTENCY_TTL`), when reading them can go.
+const SEAL_VERSION: u8 = 2;
+const SEAL_VERSION_UNBOUND: u8 = 1;
 const NONCE_LEN: usize = 12;
 /// The pre-sealing form: the token XOR-ed with SHA-256 of the client's key.
 const LEGACY_LEN: usize = 32;
@@ -160,12 +199,13 @@ impl TokenSealer {
         Ok(Self(Hkdf::new(Some(b"messages-api edit token sealing"), secret)))
     }
 
-    pub fn seal(&self, token: &EditToken, key: &IdempotencyKey) -> Vec<u8> {
+    pub fn seal(&self, token: &EditToken, key: &IdempotencyKey, message_id: i64) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
+        let aad = associated_data(SEAL_VERSION, message_id);
         let sealed = self
             .cipher(key)
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &token.0, aad: &[SEAL_VERSION] })
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &token.0, aad: &aad })
             .expect("a 32-byte message always seals");
         [&[SEAL_VERSION][..], &nonce, &sealed].concat()
     }
@@ -176,15 +216,25 @@ impl TokenSealer {
         sealed.is_empty() || sealed.len() == LEGACY_LEN
     }
 
-    pub fn open(&self, sealed: &[u8], key: &IdempotencyKey) -> Result<EditToken, DomainError> {
+    pub fn open(
+        &self,
+        sealed: &[u8],
+        key: &IdempotencyKey,
+        message_id: i64,
+    ) -> Result<EditToken, DomainError> {
         let (&version, rest) = sealed.split_first().ok_or(DomainError::SealBroken)?;
-        if version != SEAL_VERSION || rest.len() < NONCE_LEN {
+        let aad = match version {
+            SEAL_VERSION => associated_data(SEAL_VERSION, message_id),
+            SEAL_VERSION_UNBOUND => vec![SEAL_VERSION_UNBOUND],
+            _ => return Err(DomainError::SealBroken),
+        };
+        if rest.len() < NONCE_LEN {
             return Err(DomainError::SealBroken);
         }
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let token = self
             .cipher(key)
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &[SEAL_VERSION] })
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
             .map_err(|_| DomainError::SealBroken)?;
         Ok(EditToken(token.try_into().map_err(|_| DomainError::SealBroken)?))
     }
@@ -198,19 +248,52 @@ impl TokenSealer {
     }
 }
 
-/// A client's `Idempotency-Key`: 1–255 visible ASCII characters.
+/// The version byte, then the message id (8 bytes, big-endian).
+fn associated_data(version: u8, message_id: i64) -> Vec<u8> {
+    [&[version][..], &message_id.to_be_bytes()].concat()
+}
+
+/// Why an Idempotency-Key could be guessed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFlaw {
+    #[error("this one is {0} characters long")]
+    Length(usize),
+    #[error("this one has characters other than those")]
+    Alphabet,
+    #[error("this one has only {0} different characters, so it is not random")]
+    Repetitive(usize),
+}
+
+/// A client's `Idempotency-Key`, unguessable: a replay hands the message's edit token to
+/// whoever sends the key again. 32 characters are 128 bits drawn as hex, 192 as base64url;
+/// a UUID (36 characters) fits the same rule, and a random one (version 4) has 122 random
+/// bits. Randomness cannot be proven from one key; the distinct-character floor refuses
+/// what is plainly made by hand (the nil UUID, one character repeated), and refuses 32
+/// random hex digits with a chance of about 3 in 10^13.
+#[derive(Clone)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    pub const MIN_LEN: usize = 32;
     pub const MAX_LEN: usize = 255;
+    const MIN_DISTINCT: usize = 6;
 
+    /// Checks the bytes before copying them: a refused key costs no allocation.
     pub fn parse(raw: &[u8]) -> Result<Self, DomainError> {
-        let valid =
-            (1..=Self::MAX_LEN).contains(&raw.len()) && raw.iter().all(|b| b.is_ascii_graphic());
-        if !valid {
-            return Err(DomainError::MalformedIdempotencyKey);
+        let flaw = |flaw| Err(DomainError::GuessableIdempotencyKey(flaw));
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&raw.len()) {
+            return flaw(KeyFlaw::Length(raw.len()));
         }
-        Ok(Self(String::from_utf8_lossy(raw).into_owned()))
+        if !raw.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
+            return flaw(KeyFlaw::Alphabet);
+        }
+        let mut seen = [false; 128];
+        raw.iter().for_each(|&b| seen[usize::from(b)] = true);
+        let distinct = seen.iter().filter(|&&seen| seen).count();
+        if distinct < Self::MIN_DISTINCT {
+            return flaw(KeyFlaw::Repetitive(distinct));
+        }
+        Ok(Self(raw.iter().map(|&b| char::from(b)).collect()))
     }
 
     /// The lookup key stored in the database.
@@ -238,6 +321,10 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"a server secret of at least 32 bytes";
+
+    fn client_key(n: u8) -> IdempotencyKey {
+        IdempotencyKey::parse(format!("0b7e2a3c-5d41-4f6a-9c2e-8a1b3c4d5e6{n}").as_bytes()).unwrap()
+    }
 
     #[test]
     fn message_text_is_trimmed_and_counted_in_scalar_values() {
@@ -275,32 +362,45 @@ mod tests {
     fn sealed_edit_token_opens_only_with_its_key_and_secret() {
         let sealer = TokenSealer::new(SECRET).unwrap();
         let token = EditToken::generate();
-        let key = IdempotencyKey::parse(b"key-1").unwrap();
-        let sealed = sealer.seal(&token, &key);
+        let key = client_key(1);
+        let sealed = sealer.seal(&token, &key, 7);
         assert_eq!(sealed.len(), 1 + NONCE_LEN + 32 + 16);
         assert!(!sealed.windows(32).any(|w| w == token.0), "the token is not in the clear");
-        assert_eq!(sealer.open(&sealed, &key).unwrap().encode(), token.encode());
+        assert_eq!(sealer.open(&sealed, &key, 7).unwrap().encode(), token.encode());
 
-        let other_key = IdempotencyKey::parse(b"key-2").unwrap();
-        assert_eq!(sealer.open(&sealed, &other_key).err(), Some(DomainError::SealBroken));
+        let other_key = client_key(2);
+        assert_eq!(sealer.open(&sealed, &other_key, 7).err(), Some(DomainError::SealBroken));
         let other_secret = TokenSealer::new(b"another server secret, also 32 bytes").unwrap();
-        assert_eq!(other_secret.open(&sealed, &key).err(), Some(DomainError::SealBroken));
+        assert_eq!(other_secret.open(&sealed, &key, 7).err(), Some(DomainError::SealBroken));
+        assert_eq!(sealer.open(&sealed, &key, 8).err(), Some(DomainError::SealBroken));
+    }
+
+    #[test]
+    fn a_seal_of_the_version_bound_to_no_message_still_opens() {
+        let sealer = TokenSealer::new(SECRET).unwrap();
+        let (token, key) = (EditToken::generate(), client_key(1));
+        let nonce = [9u8; NONCE_LEN];
+        let payload = Payload { msg: &token.0, aad: &[SEAL_VERSION_UNBOUND] };
+        let ciphertext = sealer.cipher(&key).encrypt(Nonce::from_slice(&nonce), payload).unwrap();
+        let sealed = [&[SEAL_VERSION_UNBOUND][..], &nonce, &ciphertext].concat();
+        assert_eq!(sealer.open(&sealed, &key, 7).unwrap().encode(), token.encode());
     }
 
     #[test]
     fn a_tampered_seal_does_not_open() {
         let sealer = TokenSealer::new(SECRET).unwrap();
-        let key = IdempotencyKey::parse(b"key").unwrap();
-        let sealed = sealer.seal(&EditToken::generate(), &key);
+        let key = client_key(1);
+        let sealed = sealer.seal(&EditToken::generate(), &key, 7);
         for i in 0..sealed.len() {
             let mut tampered = sealed.clone();
             tampered[i] ^= 0x01;
-            assert_eq!(sealer.open(&tampered, &key).err(), Some(DomainError::SealBroken), "{i}");
+            let opened = sealer.open(&tampered, &key, 7);
+            assert_eq!(opened.err(), Some(DomainError::SealBroken), "{i}");
         }
         for cut in [0, 1, NONCE_LEN, sealed.len() - 1] {
-            assert!(sealer.open(&sealed[..cut], &key).is_err(), "cut at {cut}");
+            assert!(sealer.open(&sealed[..cut], &key, 7).is_err(), "cut at {cut}");
         }
-        assert!(sealer.open(&[0u8; 32], &key).is_err(), "the old XOR form");
+        assert!(sealer.open(&[0u8; 32], &key, 7).is_err(), "the old XOR form");
         assert!(TokenSealer::is_unsealed(&[0u8; 32]) && TokenSealer::is_unsealed(&[]));
         assert!(!TokenSealer::is_unsealed(&sealed));
     }
@@ -311,10 +411,19 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_key_must_be_visible_ascii() {
-        assert!(IdempotencyKey::parse(b"abc-123_XYZ").is_ok());
-        assert!(IdempotencyKey::parse(b"").is_err());
-        assert!(IdempotencyKey::parse(b"has space").is_err());
-        assert!(IdempotencyKey::parse(&[b'a'; 256]).is_err());
+    fn idempotency_keys_must_be_long_random_strings() {
+        for good in ["0b7e2a3c-5d41-4f6a-9c2e-8a1b3c4d5e6f", "0B7E2A3C5D414F6A9C2E8A1B3C4D5E6F"] {
+            assert!(IdempotencyKey::parse(good.as_bytes()).is_ok(), "{good}");
+        }
+        let flaw = |raw: &[u8]| match IdempotencyKey::parse(raw) {
+            Err(DomainError::GuessableIdempotencyKey(flaw)) => flaw,
+            _ => panic!("{raw:?} is refused"),
+        };
+        assert_eq!(flaw(b""), KeyFlaw::Length(0));
+        assert_eq!(flaw(b"retry-123"), KeyFlaw::Length(9));
+        assert_eq!(flaw(&[b'a'; 256]), KeyFlaw::Length(256));
+        assert_eq!(flaw(b"0b7e2a3c 5d41 4f6a 9c2e 8a1b3c4d5e6f"), KeyFlaw::Alphabet);
+        assert_eq!(flaw("0b7e2a3c-5d41-4f6a-9c2e-8a1b3c4d5é".as_bytes()), KeyFlaw::Alphabet);
+        assert_eq!(flaw(b"00000000-0000-0000-0000-000000000000"), KeyFlaw::Repetitive(2));
     }
 }

@@ -24,6 +24,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;
 use axum::routing::get;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -72,15 +73,22 @@ pub fn build_router(state: AppState, settings: &Settings) -> Router {
     let (api, document) = api_routes().split_for_parts();
     let mut router = api
         .route("/metrics", get(meta::metrics))
-        .route_layer(middleware::from_fn(telemetry::track_metrics))
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", document))
         .with_state(state);
     router = match &settings.web_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(get(not_found))),
         None => router.fallback(not_found),
     };
+    with_layers(router, settings)
+}
+
+/// The layers every request passes through, outermost first. `Router::layer` wraps each
+/// route, so the metrics still see the matched route.
+fn with_layers(router: Router, settings: &Settings) -> Router {
     router.layer(
         ServiceBuilder::new()
+            // Around the time limit and the panic catcher: their answers are counted too.
+            .layer(middleware::from_fn(telemetry::track_metrics))
             .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
             .layer(
                 TraceLayer::new_for_http()
@@ -129,7 +137,8 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         telemetry::metrics_handle();
         let db = Db::new(&settings.database, settings.db_lock_timeout())?;
-        let admin_token_hash = settings.admin_token()?.map(|t| Arc::new(domain::hash_token(&t)));
+        let admin_token_hash =
+            settings.admin_token()?.map(|t| Arc::new(domain::hash_token(t.expose_secret())));
         let sealer = token_sealer(settings)?;
         let events = EventHub::default();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
@@ -205,33 +214,24 @@ impl Application {
     }
 }
 
-/// The sealer of edit tokens kept for idempotent replay, from the configured secret or one
-/// generated into the data folder.
+/// The sealer of edit tokens kept for idempotent replay, from the configured secret or, with
+/// SQLite, one generated beside the database file.
 fn token_sealer(settings: &Settings) -> anyhow::Result<Arc<TokenSealer>> {
     let secret = match settings.token_sealing_secret()? {
-        SealingSecret::Configured(secret) => secret,
-        SealingSecret::Generated { secret, path } => {
-            if matches!(settings.database.target()?, config::DatabaseTarget::Mysql { .. }) {
-                tracing::warn!(
-                    key_file = %path.display(),
-                    "TOKEN_SEALING_KEY is not set: using a key of this host's own; replicas \
-                     must share one (set TOKEN_SEALING_KEY_FILE) or replays across them fail"
-                );
-            }
-            secret
-        }
+        SealingSecret::Configured(secret) | SealingSecret::Generated { secret, .. } => secret,
         SealingSecret::Ephemeral { secret, path, error } => {
             tracing::warn!(
                 key_file = %path.display(),
                 %error,
                 "TOKEN_SEALING_KEY is not set and no key file can be kept: sealing with a key \
-                 of this process only; after a restart, or on another replica, replays of \
-                 earlier creates answer 409. Set TOKEN_SEALING_KEY_FILE"
+                 of this process only; after a restart, replays of earlier creates answer \
+                 409. Set TOKEN_SEALING_KEY_FILE"
             );
             secret
         }
     };
-    Ok(Arc::new(TokenSealer::new(secret.as_bytes()).context("TOKEN_SEALING_KEY")?))
+    let sealer = TokenSealer::new(secret.expose_secret().as_bytes());
+    Ok(Arc::new(sealer.context("TOKEN_SEALING_KEY")?))
 }
 
 /// Forgets idempotency keys and change events once they are older than they are needed.
@@ -270,4 +270,31 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use clap::Parser;
+    use tower::Service;
+
+    use super::*;
+
+    async fn a_bug() -> &'static str {
+        panic!("a bug")
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_answered_500_and_counted() {
+        let metrics = telemetry::metrics_handle();
+        let settings = config::Cli::try_parse_from(["messages-api"]).unwrap().settings;
+        let panics = Router::new().route("/test/panic", get(a_bug));
+        let mut router = with_layers(panics, &settings);
+        let request = Request::get("/test/panic").body(Body::empty()).unwrap();
+        let response = router.call(request).await.unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let exposed = metrics.render();
+        let counted = r#"http_requests_total{method="GET",route="/test/panic",status="500"} 1"#;
+        assert!(exposed.lines().any(|line| line == counted), "{exposed}");
+    }
 }

@@ -19,7 +19,12 @@ pub struct Creation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("This Idempotency-Key was already used with a different request body.")]
+    /// Tells only that the key was used; being unguessable, a key is only ever known to
+    /// the client that made it (the IETF draft's 422 for reuse with other content).
+    #[error(
+        "This Idempotency-Key was used for another message within the last 24 hours: send a \
+         new message with a new key."
+    )]
     IdempotencyKeyReused,
     /// The key's create happened before tokens were sealed the current way; its token was
     /// erased by the upgrade and cannot be handed out again.
@@ -55,11 +60,14 @@ impl Messages {
         text: MessageText,
         key: Option<IdempotencyKey>,
     ) -> Result<Creation, ServiceError> {
-        let token = EditToken::generate();
-        let record = key.as_ref().map(|key| IdempotencyRecord {
-            key_hash: key.lookup_hash(),
-            request_hash: request_hash(&text),
-            token_cipher: self.sealer.seal(&token, key),
+        let token = std::sync::Arc::new(EditToken::generate());
+        let record = key.as_ref().map(|key| {
+            let (sealer, token, key) = (self.sealer.clone(), token.clone(), key.clone());
+            IdempotencyRecord {
+                key_hash: key.lookup_hash(),
+                request_hash: request_hash(&text),
+                seal_token: Box::new(move |message_id| sealer.seal(&token, &key, message_id)),
+            }
         });
         let token_hash = token.hash();
         let stored_text = text.clone();
@@ -84,15 +92,16 @@ impl Messages {
                     return Err(ServiceError::ReplayUnavailable { message_id });
                 }
                 let key = key.expect("only a request with a key is replayed");
-                let token = self.sealer.open(&token_cipher, &key).map_err(|source| {
-                    tracing::error!(
-                        message_id,
-                        error = %source,
-                        "cannot replay a create: check that every replica has the same \
-                         TOKEN_SEALING_KEY"
-                    );
-                    ServiceError::SealBroken { message_id, source }
-                })?;
+                let token =
+                    self.sealer.open(&token_cipher, &key, message_id).map_err(|source| {
+                        tracing::error!(
+                            message_id,
+                            error = %source,
+                            "cannot replay a create: check that every replica has the same \
+                             TOKEN_SEALING_KEY"
+                        );
+                        ServiceError::SealBroken { message_id, source }
+                    })?;
                 let message = Message {
                     id: message_id,
                     message: text.as_str().to_owned(),

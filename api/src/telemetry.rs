@@ -110,7 +110,8 @@ fn request_id(headers: &HeaderMap) -> String {
     headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
 }
 
-/// Counts requests by route and status and records their latency.
+/// Counts every answer by method, route and status, and records its latency: requests that
+/// match no route as `unmatched`.
 pub async fn track_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request

@@ -47,14 +47,15 @@ export async function createMessage(text) {
 }
 
 /**
- * Opens an event stream and collects its events: { events, headers, waitFor(pred, ms), close() }.
+ * Opens an event stream and collects its events: { status, events, headers, waitFor(pred, ms), close() }.
  * Each event is { id, event, data } with data parsed as JSON.
  */
-export function openStream(url, headers = {}) {
+export function openStream(url, headers = {}, { localAddress } = {}) {
   return new Promise((resolve, reject) => {
     const events = [];
     const waiters = new Set();
-    const req = http.get(url, { headers: { Accept: 'text/event-stream', ...headers }, agent: false }, (res) => {
+    const options = { headers: { Accept: 'text/event-stream', ...headers }, localAddress, agent: false };
+    const req = http.get(url, options, (res) => {
       let buffer = '';
       res.setEncoding('utf8');
       res.on('data', (chunk) => {

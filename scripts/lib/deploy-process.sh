@@ -8,7 +8,8 @@
 #   DEPLOY_GREEN_PORT     port of the green color (default 8082)
 #   DEPLOY_NGINX_LISTEN   where nginx listens (default 127.0.0.1:8080)
 #   DEPLOY_NGINX_PREFIX   nginx's config, pid and logs (default STATE/nginx)
-# The API's own settings (DATABASE_URL, SHUTDOWN_GRACE_SECS, ...) come from the environment.
+# The API's own settings (DATABASE_URL, TOKEN_SEALING_KEY or its _FILE, which both colors
+# must share, SHUTDOWN_GRACE_SECS, ...) come from the environment.
 # Each color's pid and log are STATE/COLOR.pid and STATE/COLOR.log.
 
 # shellcheck source=scripts/lib/nginx.sh

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 import pytest
-from load import Wrk
+from wrk import Wrk
 
 
 def broken_version(engine, registry: str, tag: str, instructions: str):

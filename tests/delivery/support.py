@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from harness import eventually, free_port  # noqa: F401  (re-exported to the tests)
-from load import Wrk
+from wrk import Wrk
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,6 +8,7 @@ import gzip
 import itertools
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,14 +31,15 @@ def source(api_bin, mysql_server, new_database, run_dir) -> str:
     its binary columns)."""
     database = new_database("backup")
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": mysql_server.url(database), "HOST": "127.0.0.1", "PORT": str(port)}
+    env = {**os.environ, "DATABASE_URL": mysql_server.url(database), "HOST": "127.0.0.1", "PORT": str(port),
+           "TOKEN_SEALING_KEY": "the delivery tests' token sealing secret, 32+ bytes"}
     with open(run_dir / "backup-api.log", "w") as log:
         api = subprocess.Popen([api_bin, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         eventually(lambda: serving(api, url + "/health"), 60, "the API to turn healthy")
-        for i, text in enumerate(HOSTILE_TEXTS):
-            post_message(url, text, idempotency_key=f"delivery-{i}")
+        for text in HOSTILE_TEXTS:
+            post_message(url, text, idempotency_key=str(uuid.uuid4()))
     finally:
         stop_pid(api.pid, 10)
         api.wait()

@@ -33,6 +33,8 @@ class ProcessHost:
             (self.releases / tag / "messages-api").symlink_to(binary)
         self.env = {
             **os.environ, "API_BIN": str(api_bin), "DATABASE_URL": database_url, "LOG_FORMAT": "json",
+            # Both colors seal with it: a replay reaches either (required with MySQL).
+            "TOKEN_SEALING_KEY": "the delivery tests' token sealing secret, 32+ bytes",
             "SHUTDOWN_GRACE_SECS": str(SHUTDOWN_GRACE), "DEPLOY_DRIVER": "process",
             "DEPLOY_STATE_DIR": str(self.state), "DEPLOY_RELEASES_DIR": str(self.releases),
             "DEPLOY_BLUE_PORT": str(self.ports["blue"]), "DEPLOY_GREEN_PORT": str(self.ports["green"]),

@@ -158,7 +158,8 @@ def stack(run_dir, api_bin):
 
         api_port = free_port()
         api_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(api_port), "LOG_FORMAT": "json",
-                   "DATABASE_URL": f"mysql://messages:messages@127.0.0.1:{db.port}/messages"}
+                   "DATABASE_URL": f"mysql://messages:messages@127.0.0.1:{db.port}/messages",
+                   "TOKEN_SEALING_KEY": "the monitoring tests' token sealing secret, 32+ bytes"}
         # From run_dir, so that no .env of the work tree changes its settings.
         api = start(Process("api", [str(api_bin)], run_dir, env=api_env, cwd=run_dir))
         api_url = f"http://127.0.0.1:{api_port}"

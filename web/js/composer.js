@@ -25,10 +25,17 @@ export function submitOnEnter(textarea, form) {
   });
 }
 
-/** A fresh Idempotency-Key. getRandomValues, unlike randomUUID, also works on plain http. */
+/**
+ * A fresh Idempotency-Key: a random (version 4) UUID. Built from getRandomValues because
+ * crypto.randomUUID exists only in secure contexts, and the page may be served over plain
+ * http.
+ */
 function newIdempotencyKey() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
+  bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+  bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
+  const hex = Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
+  return [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)].join('-');
 }
 
 export class Composer {

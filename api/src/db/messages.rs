@@ -31,7 +31,8 @@ pub struct NewMessage<'a> {
 pub struct IdempotencyRecord {
     pub key_hash: Vec<u8>,
     pub request_hash: Vec<u8>,
-    pub token_cipher: Vec<u8>,
+    /// Seals the edit token for the id the new message was given.
+    pub seal_token: Box<dyn Fn(i64) -> Vec<u8> + Send>,
 }
 
 #[derive(Debug)]
@@ -134,7 +135,7 @@ fn insert(
                     idempotency_keys::key_hash.eq(&record.key_hash),
                     idempotency_keys::request_hash.eq(&record.request_hash),
                     idempotency_keys::message_id.eq(id),
-                    idempotency_keys::token_cipher.eq(&record.token_cipher),
+                    idempotency_keys::token_cipher.eq((record.seal_token)(id)),
                     idempotency_keys::created_at.eq(new.now),
                 ))
                 .execute(conn)?;

@@ -4,31 +4,21 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum_extra::TypedHeader;
-use axum_extra::headers::Authorization;
-use axum_extra::headers::authorization::Bearer;
-use axum_extra::typed_header::TypedHeaderRejection;
 use chrono::{DateTime, Utc};
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::authorization::{MayChange, not_found};
 use super::{ApiJson, ApiPath, ApiQuery, AppState};
 use crate::db::messages as queries;
-use crate::domain::{
-    Cursor, IdempotencyKey, MessageId, MessageText, hash_token, hashes_match, now,
-};
+use crate::domain::{Cursor, IdempotencyKey, MessageId, MessageText, PageSize, now};
 use crate::error::{ApiError, Problem};
 use crate::telemetry::IDEMPOTENT_REPLAYS;
 use crate::views::{Message, rfc3339};
 
-const DEFAULT_LIMIT: u32 = 20;
-const MAX_LIMIT: u32 = 100;
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-
-/// The `Authorization: Bearer` header, or why it is not usable; checked after the body.
-type BearerHeader = Result<TypedHeader<Authorization<Bearer>>, TypedHeaderRejection>;
 
 /// The answer to a create: the message and the token that can edit or delete it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,7 +76,7 @@ impl<'de> Deserialize<'de> for MessageInput {
                     } else {
                         // Read in full (strings checked as UTF-8): malformed JSON anywhere in
                         // the body is a 400 before an unknown field is a 422.
-                        map.next_value::<serde_json::Value>()?;
+                        map.next_value::<Skipped>()?;
                         unknown.get_or_insert(key);
                     }
                 }
@@ -99,6 +89,60 @@ impl<'de> Deserialize<'de> for MessageInput {
         }
 
         deserializer.deserialize_map(Fields)
+    }
+}
+
+/// A JSON value read in full and kept nowhere: unlike `serde_json::Value` (32 bytes for
+/// each `0` of an array), it holds nothing, so a body costs no more memory than its size.
+struct Skipped;
+
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Anything;
+
+        impl<'de> Visitor<'de> for Anything {
+            type Value = Skipped;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+
+            fn visit_unit<E>(self) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
+                while seq.next_element::<Skipped>()?.is_some() {}
+                Ok(Skipped)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
+                while map.next_entry::<Skipped, Skipped>()?.is_some() {}
+                Ok(Skipped)
+            }
+        }
+
+        deserializer.deserialize_any(Anything)
     }
 }
 
@@ -134,12 +178,7 @@ pub async fn list_messages(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_LIMIT}, got {limit}"
-        )));
-    }
+    let limit = PageSize::parse(params.limit)?.get();
     let before = params.cursor.as_deref().map(Cursor::decode).transpose()?;
     let page =
         state.db.run(move |conn| queries::list(conn, before.map(Cursor::before_id), limit)).await?;
@@ -151,7 +190,8 @@ pub async fn list_messages(
 }
 
 /// Posts a message. With an `Idempotency-Key`, a retry of the same request within 24 hours
-/// returns the original response instead of posting again.
+/// returns the original response, edit token included, instead of posting again: the key
+/// must be unguessable.
 #[utoipa::path(
     post,
     path = "/api/messages",
@@ -159,17 +199,18 @@ pub async fn list_messages(
     request_body = MessageInput,
     params(
         ("Idempotency-Key" = Option<String>, Header,
-         description = "1 to 255 visible ASCII characters; makes retries safe",
-         min_length = 1, max_length = 255),
+         description = "Makes retries safe. A random UUID (e.g. `crypto.randomUUID()`), or 32 to 255 random characters from A-Z, a-z, 0-9, `-` and `_`: 128 bits or more from a secure random source, since a replay hands the edit token to whoever sends the key. A key that is shorter, has other characters, or fewer than 6 different ones is refused (400).",
+         min_length = 32, max_length = 255, pattern = "^[A-Za-z0-9_-]{32,255}$",
+         example = "0b7e2a3c-5d41-4f6a-9c2e-8a1b3c4d5e6f"),
     ),
     responses(
         (status = 201, description = "Created (or replayed: header Idempotent-Replayed)", body = CreatedMessage,
          headers(("Location" = String, description = "The new message's URL"))),
-        (status = 400, description = "Malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, or a guessable Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key created a message before an upgrade, and its edit token can no longer be replayed", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid message, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid message, or an Idempotency-Key used within 24 hours for another text (problem type /problems/idempotency-key-reused; it says only that)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable or busy, or the time limit passed before anything was saved: nothing changed, retry after Retry-After", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
         (status = 504, description = "The time limit passed, or the database connection failed, while the message was being committed: it may or may not exist. Retry only with the same Idempotency-Key (problem type /problems/outcome-unknown)", body = Problem, content_type = "application/problem+json"),
@@ -228,7 +269,8 @@ pub async fn get_message(
     row.map(|row| Json(row.into())).ok_or_else(|| not_found(id))
 }
 
-/// Replaces a message's text. Needs the message's edit token or the admin token.
+/// Replaces a message's text. Needs the message's edit token or the admin token, checked
+/// before the body: without a fitting token the answer is 401 or 403 whatever the body.
 #[utoipa::path(
     patch,
     path = "/api/messages/{id}",
@@ -253,12 +295,9 @@ pub async fn get_message(
 )]
 pub async fn update_message(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-    bearer: BearerHeader,
+    MayChange(id): MayChange,
     ApiJson(body): ApiJson<MessageInput>,
 ) -> Result<Json<Message>, ApiError> {
-    let id = MessageId::parse(id)?.get();
-    authorize(&state, id, bearer).await?;
     let text = body.text(state.limits.max_message_chars)?;
     let row = state
         .db
@@ -289,50 +328,12 @@ pub async fn update_message(
 )]
 pub async fn delete_message(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-    bearer: BearerHeader,
+    MayChange(id): MayChange,
 ) -> Result<StatusCode, ApiError> {
-    let id = MessageId::parse(id)?.get();
-    authorize(&state, id, bearer).await?;
     if state.db.write(move |conn, gate| queries::delete(conn, gate, id, now())).await? {
         state.events.wake();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(id))
-    }
-}
-
-fn not_found(id: i64) -> ApiError {
-    ApiError::NotFound(format!("There is no message with id {id}."))
-}
-
-/// Checks the bearer token against the message's edit token and the admin token:
-/// 401 without a token, 404 without the message, 403 with a token that does not fit.
-async fn authorize(state: &AppState, id: i64, bearer: BearerHeader) -> Result<(), ApiError> {
-    let presented = hash_token(bearer_token(&bearer)?);
-    if state.admin_token_hash.as_deref().is_some_and(|admin| hashes_match(admin, &presented)) {
-        let exists = state.db.run(move |conn| queries::get(conn, id)).await?.is_some();
-        return if exists { Ok(()) } else { Err(not_found(id)) };
-    }
-    let stored = state
-        .db
-        .run(move |conn| queries::edit_token_hash(conn, id))
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    match stored {
-        Some(stored) if hashes_match(&stored, &presented) => Ok(()),
-        _ => Err(ApiError::Forbidden("This token may not change this message.".into())),
-    }
-}
-
-fn bearer_token(bearer: &BearerHeader) -> Result<&str, ApiError> {
-    match bearer {
-        Ok(TypedHeader(Authorization(bearer))) if !bearer.token().is_empty() => Ok(bearer.token()),
-        Err(rejection) if rejection.is_missing() => Err(ApiError::Unauthorized(
-            "An Authorization: Bearer header with the message's edit token is required.".into(),
-        )),
-        _ => Err(ApiError::Unauthorized(
-            "The Authorization header must be \"Bearer <token>\".".into(),
-        )),
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP handlers, one file per resource, and the extractors they share.
 
+pub mod authorization;
 pub mod compat;
 pub mod health;
 pub mod messages;

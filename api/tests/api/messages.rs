@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
 
+use crate::idempotency::fresh_key;
 use crate::support::{Backend, TestApp, assert_problem, both_backends};
 
 both_backends!(
@@ -24,6 +25,7 @@ both_backends!(
     get_returns_the_message_or_404_or_400,
     patch_with_edit_token_updates_text_and_moves_updated_at,
     patch_and_delete_require_the_right_token,
+    the_token_is_checked_before_the_body,
     delete_with_edit_token_removes_the_message,
     admin_token_may_edit_and_delete_any_message,
     idempotent_retry_returns_the_original_response,
@@ -34,7 +36,7 @@ both_backends!(
     sql_and_markup_are_stored_as_plain_text,
 );
 
-const ADMIN: &str = "admin-secret-for-tests";
+const ADMIN: &str = "an admin secret for the tests, 32+ characters";
 
 async fn create_returns_201_with_location_and_edit_token(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -286,6 +288,48 @@ async fn patch_and_delete_require_the_right_token(backend: Backend) {
     assert_eq!(fetched["message"], "mine", "nothing changed");
 }
 
+/// Whoever may not change a message learns nothing about what the body should be: a
+/// missing token is a 401 and a wrong one a 403 whatever the body, and only the token's
+/// holder is told what is wrong with it.
+async fn the_token_is_checked_before_the_body(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mine = app.create("mine").await;
+    let theirs = app.create("theirs").await;
+    let id = mine["id"].as_i64().unwrap();
+    let patch = |token: Option<&str>, content_type: &str, body: &str| {
+        let mut request = app
+            .client
+            .patch(app.url(&format!("/api/messages/{id}")))
+            .header(CONTENT_TYPE, content_type)
+            .body(body.to_owned());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let bad_bodies = [
+        ("application/json", r#"{"message": "#),
+        ("text/plain", "hijacked"),
+        ("application/json", r#"{"message": "x", "admin": true}"#),
+        ("application/json", r#"{"message": "   "}"#),
+        ("application/json", &format!(r#"{{"message": "{}"}}"#, "x".repeat(1001))),
+    ];
+    let wrong = theirs["edit_token"].as_str().unwrap();
+    for (content_type, body) in bad_bodies {
+        let response = patch(None, content_type, body).await.unwrap();
+        assert_problem(response, StatusCode::UNAUTHORIZED).await;
+        let response = patch(Some(wrong), content_type, body).await.unwrap();
+        assert_problem(response, StatusCode::FORBIDDEN).await;
+    }
+    let token = mine["edit_token"].as_str().unwrap();
+    let response = patch(Some(token), "application/json", r#"{"message": "#).await.unwrap();
+    assert_problem(response, StatusCode::BAD_REQUEST).await;
+    let response = patch(Some(token), "text/plain", "edited").await.unwrap();
+    assert_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let fetched: Value = app.get(&format!("/api/messages/{id}")).await.json().await.unwrap();
+    assert_eq!(fetched["message"], "mine", "nothing changed");
+}
+
 async fn delete_with_edit_token_removes_the_message(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let created = app.create("short-lived").await;
@@ -310,10 +354,11 @@ async fn admin_token_may_edit_and_delete_any_message(backend: Backend) {
 
 async fn idempotent_retry_returns_the_original_response(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let key = fresh_key();
     let send = || {
         app.client
             .post(app.url("/api/messages"))
-            .header("Idempotency-Key", "retry-123")
+            .header("Idempotency-Key", &key)
             .json(&json!({"message": "exactly once"}))
             .send()
     };
@@ -349,10 +394,11 @@ async fn idempotent_retry_returns_the_original_response(backend: Backend) {
 
 async fn idempotency_key_reused_with_another_body_is_rejected(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let key = fresh_key();
     let post = |text: &'static str| {
         app.client
             .post(app.url("/api/messages"))
-            .header("Idempotency-Key", "key-A")
+            .header("Idempotency-Key", &key)
             .json(&json!({ "message": text }))
             .send()
     };
@@ -379,10 +425,11 @@ async fn concurrent_creates_get_distinct_ids_and_none_is_lost(backend: Backend) 
 
 async fn concurrent_retries_with_one_key_create_one_message(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let key = fresh_key();
     let requests = (0..10).map(|_| {
         app.client
             .post(app.url("/api/messages"))
-            .header("Idempotency-Key", "same-key")
+            .header("Idempotency-Key", &key)
             .json(&json!({"message": "only once"}))
             .send()
     });

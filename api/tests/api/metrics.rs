@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{ApiProcess, Backend, both_backends, eventually};
+use crate::idempotency::fresh_key;
+use crate::support::{ApiProcess, Backend, TestDatabase, both_backends, eventually};
 
 both_backends!(
     alerted_metrics_have_values_from_the_start,
@@ -59,10 +62,11 @@ async fn stream_subscribers_follow_open_streams(backend: Backend) {
 
 async fn idempotent_replays_are_counted(backend: Backend) {
     let api = &ApiProcess::spawn(backend).await;
+    let key = &fresh_key();
     let create = || async move {
         api.client
             .post(api.url("/api/messages"))
-            .header("Idempotency-Key", "metrics-replay-1")
+            .header("Idempotency-Key", key)
             .json(&json!({"message": "once"}))
             .send()
             .await
@@ -94,4 +98,52 @@ async fn watcher_timestamp_advances_while_it_polls(backend: Backend) {
     assert_eq!(created.send().await.unwrap().status(), StatusCode::CREATED);
     let lag = api.metric(LAG).await.unwrap();
     assert!((0.0..5.0).contains(&lag), "a caught-up watcher lags little: {lag}");
+}
+
+/// Takes the write lock on the messages table from a connection of its own; dropping the
+/// connection gives it back.
+fn lock_messages(db: &TestDatabase) -> Box<dyn std::any::Any> {
+    let url = db.url();
+    match url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+            conn.batch_execute("BEGIN IMMEDIATE").unwrap();
+            Box::new(conn)
+        }
+        None => {
+            let mut conn = db.mysql();
+            conn.batch_execute("LOCK TABLES messages WRITE").unwrap();
+            Box::new(conn)
+        }
+    }
+}
+
+// Not in both_backends' `mysql` module, which the cluster suite runs through HAProxy: table
+// locks are a single server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_by_the_time_limit_are_counted_on_sqlite() {
+    requests_cut_by_the_time_limit_are_counted_with_their_status(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_by_the_time_limit_are_counted_on_mysql() {
+    requests_cut_by_the_time_limit_are_counted_with_their_status(Backend::Mysql).await;
+}
+
+/// The time limit answers outside the routes' own code (the deadline layer): such an
+/// answer is counted, and timed, all the same.
+async fn requests_cut_by_the_time_limit_are_counted_with_their_status(backend: Backend) {
+    let api = &ApiProcess::spawn_with(backend, &["--request-timeout-secs", "1"]).await;
+    let lock = lock_messages(&api.db);
+    let create = api.client.post(api.url("/api/messages")).json(&json!({"message": "cut"}));
+    let status = create.send().await.unwrap().status();
+    drop(lock);
+    assert!(
+        [StatusCode::SERVICE_UNAVAILABLE, StatusCode::GATEWAY_TIMEOUT].contains(&status),
+        "cut by the time limit: {status}"
+    );
+    let labels = format!(r#"{{method="POST",route="/api/messages",status="{}"}}"#, status.as_u16());
+    assert_eq!(api.metric(&format!("http_requests_total{labels}")).await, Some(1.0));
+    let timed = api.metric(&format!("http_request_duration_seconds_count{labels}")).await;
+    assert_eq!(timed, Some(1.0));
 }

@@ -235,10 +235,11 @@ async fn create_timed_out_behind_a_row_lock_changes_nothing_and_a_retry_creates_
     // A locking read of every row and of the gap above the last: inserts have to wait.
     diesel::sql_query("BEGIN").execute(&mut locker).unwrap();
     diesel::sql_query("SELECT id FROM messages FOR UPDATE").execute(&mut locker).unwrap();
+    let key = crate::idempotency::fresh_key();
     let create = || {
         app.client
             .post(app.url("/api/messages"))
-            .header("Idempotency-Key", "behind-a-lock")
+            .header("Idempotency-Key", &key)
             .json(&json!({"message": "exactly once"}))
             .send()
     };

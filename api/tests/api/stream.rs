@@ -17,6 +17,7 @@ both_backends!(
     stream_ends_when_the_server_shuts_down,
     a_change_that_commits_after_a_higher_one_reaches_every_stream,
     stream_with_an_id_step_of_three_delivers_each_change_once,
+    last_event_ids_at_the_edge_of_the_numbers_are_answered_not_crashed_on,
 );
 
 async fn stream_announces_creates_edits_and_deletes_in_order(backend: Backend) {
@@ -89,6 +90,34 @@ async fn stream_resumes_after_a_reconnect_without_loss(backend: Backend) {
         .await
         .unwrap();
     assert_problem(response, StatusCode::BAD_REQUEST).await;
+}
+
+/// Counts and numbers that overflow, or sit at the very top of the sequence numbers: a
+/// refusal or a reset, never a panic (a 500 in a debug build; in a release build without
+/// overflow checks, a loop that filled the memory).
+async fn last_event_ids_at_the_edge_of_the_numbers_are_answered_not_crashed_on(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.create("something to resume after").await;
+    let open = |id: &'static str| {
+        app.client.get(app.url("/api/messages/stream")).header("Last-Event-ID", id).send()
+    };
+    for refused in [
+        "0.1.1x18446744073709551615",
+        "0.1x18446744073709551615",
+        "0.1x18446744073709551616",
+        "9223372036854775807.1",
+        "0.9223372036854775807.1",
+        "9223372036854775808",
+    ] {
+        let response = open(refused).await.unwrap();
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert!(problem["detail"].as_str().unwrap().contains("Last-Event-ID"), "{refused}");
+    }
+    // Well-formed positions this log never reached: the client is told to reload.
+    for beyond in ["9223372036854775807", "0.9223372036854775807", "9223372036854775806.1"] {
+        let mut stream = SseReader::open(&app, Some(beyond)).await;
+        assert_eq!(stream.next(WAIT).await.unwrap().event, "reset", "{beyond}");
+    }
 }
 
 /// Logs an edit of `message_id` under the sequence number `seq` directly, as a transaction

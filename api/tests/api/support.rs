@@ -466,12 +466,16 @@ pub struct ApiProcess {
     child: std::process::Child,
     pub base: String,
     pub client: reqwest::Client,
-    _db: TestDatabase,
+    pub db: TestDatabase,
 }
 
 impl ApiProcess {
     /// Starts the binary on a fresh database and waits until it is healthy.
     pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    pub async fn spawn_with(backend: Backend, args: &[&str]) -> Self {
         let db = TestDatabase::new(backend);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -481,6 +485,7 @@ impl ApiProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_messages-api"))
             .args(["--host", "127.0.0.1", "--port", &port, "--database-url", &db.url()])
             .args(["--log-level", "warn", "--token-sealing-key", TEST_SEALING_KEY])
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -489,7 +494,7 @@ impl ApiProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
-            _db: db,
+            db,
         };
         let started = &process;
         eventually(Duration::from_secs(30), "the API process is healthy", || async move {

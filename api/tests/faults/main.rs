@@ -230,9 +230,11 @@ async fn crash_during_writes(url: &str, logs: &std::path::Path) {
     assert_eq!(stored.len(), acknowledged.len() + unanswered.len());
 }
 
-/// Creates with the text as the idempotency key; Err when no answer came.
+/// Creates with a key derived from the text (its SHA-256 in hex), so that the retry after
+/// the crash sends the same one; Err when no answer came.
 async fn create(client: &reqwest::Client, base: &str, text: &str) -> Result<i64, ()> {
-    let key = text.replace(' ', "-");
+    use sha2::Digest;
+    let key: String = sha2::Sha256::digest(text).iter().map(|byte| format!("{byte:02x}")).collect();
     let response = client
         .post(format!("{base}/api/messages"))
         .header("Idempotency-Key", key)
