@@ -52,6 +52,9 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/messages \
                --create-home --shell /usr/sbin/nologin messages
 COPY --from=builder /usr/local/bin/messages-api /usr/local/bin/messages-api
+# The binary embeds its migrations; their names say which schema versions it can run, which
+# scripts/restore checks a backup against.
+COPY migrations/mysql/ /usr/share/messages/migrations/mysql/
 # The working directory is the app's own, so the SQLite default (data/messages.db) is
 # writable when no MySQL is configured.
 WORKDIR /var/lib/messages

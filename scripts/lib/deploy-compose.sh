@@ -45,6 +45,42 @@ driver_status() {
     esac
 }
 
+# The API image ships its migrations' folder for this (docker/api.Dockerfile).
+driver_migrations() {
+    local image
+    image="$(IMAGE_TAG="$1" compose config --images | grep '/messages-api:' | sort -u)"
+    docker run --rm --network none --entrypoint /bin/ls "$image" /usr/share/messages/migrations/mysql
+}
+
+# The database is reached inside its container, as root: the root password goes from the
+# container's secret into an option file on its tmpfs, never onto a command line.
+compose_db_client() {
+    # shellcheck disable=SC2016 # expanded by the container's shell
+    compose exec -T db sh -c 'umask 077 &&
+        printf "[client]\nuser=root\npassword=\"%s\"\n" "$(cat /run/secrets/db_root_password)" >/tmp/restore.cnf &&
+        exec "$0" --defaults-extra-file=/tmp/restore.cnf "$@"' "$@"
+}
+
+driver_db_open() {
+    :
+}
+
+driver_db_close() {
+    :
+}
+
+driver_db_name() {
+    compose exec -T db printenv MYSQL_DATABASE
+}
+
+driver_sql() {
+    compose_db_client mysql "$@"
+}
+
+driver_dump() {
+    compose_db_client mysqldump "$@"
+}
+
 driver_upstream() {
     echo "api-$1:8080"
 }

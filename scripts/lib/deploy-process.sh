@@ -8,12 +8,18 @@
 #   DEPLOY_GREEN_PORT     port of the green color (default 8082)
 #   DEPLOY_NGINX_LISTEN   where nginx listens (default 127.0.0.1:8080)
 #   DEPLOY_NGINX_PREFIX   nginx's config, pid and logs (default STATE/nginx)
-# The API's own settings (DATABASE_URL, TOKEN_SEALING_KEY or its _FILE, which both colors
-# must share, SHUTDOWN_GRACE_SECS, ...) come from the environment.
+# A release folder holds the binary and the migrations it embeds (RELEASES/TAG/migrations/
+# mysql), against which scripts/restore checks a backup.
+# The API's own settings (DATABASE_URL or MYSQL_*, TOKEN_SEALING_KEY or its _FILE, which both
+# colors must share, SHUTDOWN_GRACE_SECS, ...) come from the environment. scripts/restore
+# reaches the database with the MYSQL_* variables (see scripts/lib/mysql-client.sh), as a
+# user that may create databases.
 # Each color's pid and log are STATE/COLOR.pid and STATE/COLOR.log.
 
 # shellcheck source=scripts/lib/nginx.sh
 source "$DEPLOY_ROOT/scripts/lib/nginx.sh"
+# shellcheck source=scripts/lib/mysql-client.sh
+source "$DEPLOY_ROOT/scripts/lib/mysql-client.sh"
 
 DEPLOY_RELEASES_DIR="${DEPLOY_RELEASES_DIR:-$DEPLOY_ROOT/releases}"
 DEPLOY_NGINX_LISTEN="${DEPLOY_NGINX_LISTEN:-127.0.0.1:8080}"
@@ -49,6 +55,30 @@ driver_prepare() {
 
 driver_migrate() {
     "$(process_binary "$1")" migrate
+}
+
+driver_migrations() {
+    ls "$DEPLOY_RELEASES_DIR/$1/migrations/mysql"
+}
+
+driver_db_open() {
+    mysql_client_init
+}
+
+driver_db_close() {
+    mysql_client_cleanup
+}
+
+driver_db_name() {
+    echo "$MYSQL_DB"
+}
+
+driver_sql() {
+    mysql_cli "$@"
+}
+
+driver_dump() {
+    mysql_dump "$@"
 }
 
 driver_start() {

@@ -22,6 +22,12 @@
 #   driver_proxy_workers      print the pids of nginx's worker processes
 #   driver_proxy_url          print nginx's base URL on this machine
 #   driver_finish TAG         driver bookkeeping once TAG is live
+# and, for scripts/restore, the database:
+#   driver_migrations TAG     print the names of TAG's MySQL migrations (migrations/mysql)
+#   driver_db_open            get ready to reach the database; driver_db_close when done
+#   driver_db_name            print the name of the app's database
+#   driver_sql ARGS...        the mysql client as a user that may create databases
+#   driver_dump ARGS...       mysqldump as that user
 
 DEPLOY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEPLOY_STATE_DIR="${DEPLOY_STATE_DIR:-$DEPLOY_ROOT/.deploy}"
@@ -72,6 +78,29 @@ state_lock() {
         echo "another deploy is running (lock: $DEPLOY_STATE_DIR/lock)" >&2
     fi
     exit "$status"
+}
+
+# Waits until COLOR is healthy; fails at once when it is down, or after DEPLOY_HEALTH_TIMEOUT.
+wait_healthy() {
+    local color="$1" status deadline=$((SECONDS + ${DEPLOY_HEALTH_TIMEOUT:-120}))
+    while true; do
+        status="$(driver_status "$color")"
+        case "$status" in
+        healthy)
+            echo "$color is healthy"
+            return 0
+            ;;
+        down)
+            echo "$color is not running" >&2
+            return 1
+            ;;
+        esac
+        if ((SECONDS >= deadline)); then
+            echo "$color is still $status after ${DEPLOY_HEALTH_TIMEOUT:-120}s" >&2
+            return 1
+        fi
+        sleep 1
+    done
 }
 
 other_color() {

@@ -4,6 +4,11 @@
 # The password reaches the clients in a private option file, never on a command line.
 # Used by scripts/backup and scripts/restore; works with MySQL's and MariaDB's clients.
 
+# How scripts/backup dumps, and scripts/restore its safety dump: --single-transaction takes a
+# consistent snapshot without locking the tables; binary columns as hex, text as utf8mb4.
+# shellcheck disable=SC2034 # read by the scripts that source this
+MYSQL_DUMP_OPTIONS=(--single-transaction --quick --no-tablespaces --hex-blob --default-character-set=utf8mb4)
+
 # Writes the option file and picks the client programs. Call mysql_client_cleanup when done.
 mysql_client_init() {
     : "${MYSQL_HOST:?set MYSQL_HOST}" "${MYSQL_USER:?set MYSQL_USER}" "${MYSQL_DB:?set MYSQL_DB}"

@@ -14,6 +14,8 @@ from pathlib import Path
 from engine import ROOT, Engine, log, run
 from harness import eventually, free_port
 
+# The database container's user (docker-compose.prod.yml, db's `user:`).
+DB_UID = 999
 # What scripts/remote copies to the EC2 host: everything scripts/deploy and its drivers read.
 DELIVERY_FILES = ("docker-compose.yml", "docker-compose.prod.yml", "docker", "scripts", "nginx", "web")
 
@@ -107,7 +109,7 @@ class Compose:
 
 class Host:
     """A folder laid out like the EC2 host's /srv/messages: the delivery files, .env,
-    secrets/, backups/ and the deploy state, with the prod stack run from it by Compose v2
+    secrets/, backups/, db-data/ and the deploy state, with the prod stack run from it by Compose v2
     exactly as scripts/deploy runs it there."""
 
     def __init__(self, engine: Engine, path: Path, project: str, registry: str, tag: str):
@@ -139,6 +141,10 @@ class Host:
             self.secrets[name] = value
         (path / "backups").mkdir(mode=0o700)
         shutil.chown(path / "backups", self.backup_uid, self.backup_uid)
+        # The database's folder, the database container's user's (as scripts/prepare-host
+        # makes it).
+        (path / "db-data").mkdir(mode=0o700)
+        shutil.chown(path / "db-data", DB_UID, DB_UID)
         (path / ".deploy").mkdir(mode=0o755)
         self.compose = Compose(engine, project, path, ["docker-compose.yml", "docker-compose.prod.yml"],
                                path / ".env")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -16,6 +18,9 @@ from harness import eventually, free_port  # noqa: F401  (re-exported to the tes
 from wrk import Wrk
 
 ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+HEALTH_TIMEOUT = 15
+SHUTDOWN_GRACE = 5
 
 
 
@@ -141,13 +146,22 @@ class MySQL:
     def exists(self, database: str) -> bool:
         return bool(self.query(f"SHOW DATABASES LIKE '{database}'").strip())
 
-    def snapshot(self, database: str) -> bytes:
-        """Every table's definition and rows (ordered by the first column), bytes as stored."""
+    def databases(self) -> list[str]:
+        return self.query("SHOW DATABASES").decode().split()
+
+    def hex_snapshot(self, database: str) -> list[bytes]:
+        """Every table's definition and every row with each column as HEX (NULL spelled out),
+        in the order of all the columns: byte for byte what the tables hold, unambiguously."""
         parts = []
         for table in self.tables(database):
+            columns = self.query("SELECT column_name FROM information_schema.columns WHERE "
+                                 f"table_schema = '{database}' AND table_name = '{table}' "
+                                 "ORDER BY ordinal_position").decode().split()
+            hexed = ", ".join(f"IFNULL(HEX(`{column}`), 'NULL')" for column in columns)
+            order = ", ".join(str(i) for i in range(1, len(columns) + 1))
             parts.append(self.query(f"SHOW CREATE TABLE `{table}`", database))
-            parts.append(self.query(f"SELECT * FROM `{table}` ORDER BY 1", database))
-        return b"".join(parts)
+            parts.append(self.query(f"SELECT {hexed} FROM `{table}` ORDER BY {order}", database))
+        return parts
 
 
 class MariaDB:
@@ -222,3 +236,85 @@ class Load(Wrk):
                     address = json.loads(line)["upstream_addr"]
                     counts[address] = counts.get(address, 0) + 1
         return counts
+
+
+class ProcessHost:
+    """A machine deployed to with the process driver: releases, state and nginx in one folder.
+    Each release is the API binary (or a stand-in in releases/) beside the migrations it
+    embeds, as the driver expects."""
+
+    RELEASES = {"v1": None, "v2": None, "crashes": HERE / "releases/crashes-at-start"}
+
+    def __init__(self, directory: Path, api_bin: Path, database_env: dict[str, str], releases: dict | None = None):
+        self.dir = directory
+        self.state = directory / "state"
+        self.releases = directory / "releases"
+        self.ports = {"blue": free_port(), "green": free_port()}
+        listen = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{listen}"
+        self.nginx = directory / "nginx"
+        self.access_log = self.nginx / "logs/access.log"
+        self.runs = itertools.count(1)
+        for tag, binary in (releases or self.RELEASES).items():
+            (self.releases / tag).mkdir(parents=True)
+            (self.releases / tag / "messages-api").symlink_to(binary or api_bin)
+            (self.releases / tag / "migrations").symlink_to(ROOT / "migrations")
+        # The API takes DATABASE_URL over the MYSQL_* variables: none from the caller's.
+        inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        self.env = {
+            **inherited, "API_BIN": str(api_bin), **database_env, "LOG_FORMAT": "json",
+            # Both colors seal with it: a replay reaches either (required with MySQL).
+            "TOKEN_SEALING_KEY": "the delivery tests' token sealing secret, 32+ bytes",
+            "SHUTDOWN_GRACE_SECS": str(SHUTDOWN_GRACE), "DEPLOY_DRIVER": "process",
+            "DEPLOY_STATE_DIR": str(self.state), "DEPLOY_RELEASES_DIR": str(self.releases),
+            "DEPLOY_BLUE_PORT": str(self.ports["blue"]), "DEPLOY_GREEN_PORT": str(self.ports["green"]),
+            "DEPLOY_NGINX_LISTEN": listen, "DEPLOY_NGINX_PREFIX": str(self.nginx),
+            "DEPLOY_HEALTH_TIMEOUT": str(HEALTH_TIMEOUT),
+        }
+
+    def _log(self, *words: str) -> Path:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(words))[-80:]
+        return self.dir / f"{next(self.runs):02d}-{name}.out"
+
+    def script(self, name: str, *args: str, **extra_env: str) -> Run:
+        """scripts/NAME ARGS from the checkout, on this machine."""
+        return run([ROOT / "scripts" / name, *args], env={**self.env, **extra_env}, log=self._log(name, *args))
+
+    def remote(self, *args: str) -> Run:
+        """scripts/remote ARGS as Jenkins runs it; the EC2 host is the folder host/ here."""
+        env = {**self.env, "PATH": f"{HERE / 'bin'}:{os.environ['PATH']}",
+               "DEPLOY_HOST": "deploy@ec2.test", "DEPLOY_DIR": str(self.dir / "host")}
+        return run([ROOT / "scripts/remote", *args], env=env, log=self._log("remote", *args))
+
+    def recorded(self, name: str) -> str:
+        path = self.state / name
+        return path.read_text().strip() if path.exists() else ""
+
+    def live(self) -> tuple[str, str]:
+        return self.recorded("current"), self.recorded("previous")
+
+    def pid(self, color: str) -> int | None:
+        recorded = self.recorded(f"{color}.pid")
+        return int(recorded) if recorded and Path(f"/proc/{recorded}").exists() else None
+
+    def load(self, name: str) -> Load:
+        return Load(self.url + "/api/messages?limit=10", self.access_log, self.dir, name)
+
+    def assert_serves(self, tag: str) -> None:
+        """nginx answers, the live color runs release TAG and the idle color runs nothing."""
+        live = self.recorded("color")
+        idle = "green" if live == "blue" else "blue"
+        pid = self.pid(live)
+        assert pid, f"{live} is live but runs nothing"
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert f"{self.releases}/{tag}/messages-api serve" in command
+        assert answers(self.url + "/health")
+        assert not answers(f"http://127.0.0.1:{self.ports[idle]}/health"), f"the idle {idle} still answers"
+
+    def stop(self) -> None:
+        nginx = self.nginx / "nginx.pid"
+        if nginx.exists():
+            stop_pid(int(nginx.read_text()), 5)
+        for color in ("blue", "green"):
+            if pid := self.pid(color):
+                stop_pid(pid, 2 * SHUTDOWN_GRACE)

@@ -1,18 +1,21 @@
-"""scripts/backup and scripts/restore outside Docker, against a real MariaDB: a database full
-of texts that are easy to damage comes back byte for byte, old backups are pruned, and
-every file or database restore must not touch is refused with a clear reason."""
+"""scripts/backup and scripts/restore on a machine deployed with the process driver, against a
+real MariaDB: a backup full of texts that are easy to damage comes back byte for byte over a
+populated database, with a safety dump of what was live, and the app answers again; old
+backups are pruned; every file restore must not use is refused before anything is touched,
+the live tables unchanged; and a release that fails on the restored data gets the old data
+back."""
 
 from __future__ import annotations
 
 import gzip
-import itertools
-import os
-import subprocess
+import json
+import re
 import uuid
+import urllib.request
 from pathlib import Path
 
 import pytest
-from support import ROOT, Run, eventually, free_port, post_message, run, serving, stop_pid
+from support import HERE, ProcessHost, Run, answers, post_message
 
 # 4-byte emoji, CJK, combining marks, right-to-left text, quotes and backslashes, the control
 # characters a message may hold, invisible format characters and markup.
@@ -21,105 +24,183 @@ HOSTILE_TEXTS = [
     "quotes ' \" ` and back\\slashes \\n \\\\", "tab\tnew\nline\r\nend", "zero\u200bwidth\ufeffbom",
     "<img src=x onerror=alert(1)>", "'); DROP TABLE messages; --", "Ω≈ç√∫ ¡™£¢∞§¶•ªº–≠",
 ]
+AFTER_THE_BACKUP = "written after the backup"
 STALE_BACKUPS = ["20200101T000000Z", "20200102T000000Z", "20200103T000000Z"]
 KEEP = 2
 
 
 @pytest.fixture(scope="module")
-def source(api_bin, mysql_server, new_database, run_dir) -> str:
-    """A database the API migrated and wrote the hostile texts into (idempotency keys fill
-    its binary columns)."""
-    database = new_database("backup")
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": mysql_server.url(database), "HOST": "127.0.0.1", "PORT": str(port),
-           "TOKEN_SEALING_KEY": "the delivery tests' token sealing secret, 32+ bytes"}
-    with open(run_dir / "backup-api.log", "w") as log:
-        api = subprocess.Popen([api_bin, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+def database(new_database) -> str:
+    return new_database("restore")
+
+
+@pytest.fixture(scope="module")
+def host(run_dir, api_bin, mysql_server, database, mysql):
+    """v1 deployed with the process driver (the API and the scripts share the MYSQL_*
+    variables), holding the hostile texts; idempotency keys fill its binary columns."""
+    machine = ProcessHost(run_dir / "restore-host", api_bin, mysql_server.env(database),
+                          releases={"v1": None, "fails-to-migrate": HERE / "releases/fails-to-migrate"})
+    machine.env["BACKUP_DIR"] = str(machine.dir / "backups")
     try:
-        eventually(lambda: serving(api, url + "/health"), 60, "the API to turn healthy")
+        deploy = machine.script("deploy", "v1")
+        assert deploy.returncode == 0, deploy
         for text in HOSTILE_TEXTS:
-            post_message(url, text, idempotency_key=str(uuid.uuid4()))
+            post_message(machine.url, text, idempotency_key=str(uuid.uuid4()))
+        yield machine
     finally:
-        stop_pid(api.pid, 10)
-        api.wait()
-    return database
+        machine.stop()
+
+
+def backups(host) -> set[Path]:
+    return set((host.dir / "backups").iterdir())
 
 
 @pytest.fixture(scope="module")
-def script(mysql_server, run_dir):
-    """Runs scripts/NAME ARGS connected to DATABASE, with EXTRA variables."""
-    runs = itertools.count(1)
-
-    def run_script(name: str, *args: str, database: str, **extra: str) -> Run:
-        env = {**os.environ, **mysql_server.env(database), "BACKUP_DIR": str(run_dir / "backups"), **extra}
-        return run([ROOT / "scripts" / name, *args], env=env, log=run_dir / f"{name}-{next(runs)}.out")
-
-    return run_script
-
-
-@pytest.fixture(scope="module")
-def backup(source, script, run_dir) -> tuple[Run, Path]:
-    """scripts/backup with BACKUP_KEEP=2 beside three older backups; its run and its file."""
-    backups = run_dir / "backups"
-    backups.mkdir()
-    stale = {backups / f"{source}-{stamp}.sql.gz" for stamp in STALE_BACKUPS}
+def backup(host, database, mysql) -> tuple[Run, Path, list[bytes]]:
+    """scripts/backup with BACKUP_KEEP=2 beside three older backups: its run, its file and the
+    tables as they were; then one more message, so that what is live differs from it."""
+    folder = host.dir / "backups"
+    folder.mkdir()
+    stale = {folder / f"{database}-{stamp}.sql.gz" for stamp in STALE_BACKUPS}
     for path in stale:
         path.write_bytes(gzip.compress(b"stale\n"))
-    made = script("backup", database=source, BACKUP_KEEP=str(KEEP))
-    new = set(backups.glob(f"{source}-*.sql.gz")) - stale
-    return made, (new.pop() if len(new) == 1 else backups / "missing.sql.gz")
+    made = host.script("backup", BACKUP_KEEP=str(KEEP))
+    tables = mysql.hex_snapshot(database)
+    post_message(host.url, AFTER_THE_BACKUP)
+    new = backups(host) - stale
+    return made, (new.pop() if len(new) == 1 else folder / "missing.sql.gz"), tables
 
 
-def test_backup_writes_a_dump_and_keeps_only_the_newest_backup_keep(backup, source):
-    made, file = backup
+def test_backup_writes_a_dump_and_keeps_only_the_newest_backup_keep(backup, database):
+    made, file, tables = backup
     assert made.returncode == 0, made
-    assert sorted(path.name for path in file.parent.iterdir()) == [f"{source}-{STALE_BACKUPS[-1]}.sql.gz", file.name]
+    assert sorted(path.name for path in file.parent.iterdir()) == [f"{database}-{STALE_BACKUPS[-1]}.sql.gz", file.name]
     assert gzip.decompress(file.read_bytes()).rstrip().splitlines()[-1].startswith(b"-- Dump completed")
+    missing = [text for text in HOSTILE_TEXTS if text.encode().hex().upper().encode() not in b"".join(tables)]
+    assert not missing, f"not in the database as written: {missing}"
 
 
-def test_backup_explains_an_unreachable_database(script, source):
-    made = script("backup", database=source, MYSQL_PORT="1")
+def test_backup_explains_an_unreachable_database(host):
+    made = host.script("backup", MYSQL_PORT="1")
     assert made.returncode != 0, made
     assert "cannot connect to MySQL" in made.output, made
 
 
-def test_restore_refuses_a_corrupt_file(backup, script, new_database, mysql, run_dir):
-    cut = run_dir / "corrupt.sql.gz"
-    cut.write_bytes(backup[1].read_bytes()[:200])
-    target = new_database("corrupt", create=False)
-    restore = script("restore", str(cut), database=target)
-    assert restore.returncode != 0, restore
-    assert "is corrupt" in restore.output, restore
-    assert not mysql.exists(target)
+# The files restore refuses, each made from the good backup, and what it must say.
+def truncated(dump: bytes, _: str) -> bytes:
+    whole = gzip.compress(dump)
+    return whole[: len(whole) // 2]
 
 
-def test_restore_refuses_a_dump_that_stops_early(backup, script, new_database, mysql, run_dir):
-    lines = gzip.decompress(backup[1].read_bytes()).splitlines(keepends=True)
-    short = run_dir / "short.sql.gz"
-    short.write_bytes(gzip.compress(b"".join(lines[:-3])))
-    target = new_database("short", create=False)
-    restore = script("restore", str(short), database=target)
-    assert restore.returncode != 0, restore
-    assert "is incomplete" in restore.output, restore
-    assert not mysql.exists(target)
+def corrupt(dump: bytes, _: str) -> bytes:
+    data = bytearray(gzip.compress(dump))
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    return bytes(data)
 
 
-def test_restore_into_the_dropped_database_gives_back_every_table_and_row_byte_for_byte(backup, source, mysql,
-                                                                                          script):
-    before = mysql.snapshot(source)
-    assert len(mysql.tables(source)) >= 3
-    missing = [text for text in HOSTILE_TEXTS if text.encode() not in before]
-    assert not missing, f"not in the database as written: {missing}"
-    mysql.query(f"DROP DATABASE `{source}`")
-    restore = script("restore", str(backup[1]), database=source)
+def stops_early(dump: bytes, _: str) -> bytes:
+    return gzip.compress(b"".join(dump.splitlines(keepends=True)[:-3]))
+
+
+def from_a_newer_schema(dump: bytes, _: str) -> bytes:
+    """The same dump, with a migration this release does not ship among those
+    applied (MariaDB's mysqldump puts each row of an INSERT on a line of its own)."""
+    newer, count = re.subn(rb"(INSERT INTO `__diesel_schema_migrations` VALUES.*?);\n",
+                           lambda m: m.group(1) + b",('29991231000000','2026-12-31 00:00:00');\n", dump,
+                           flags=re.DOTALL)
+    assert count == 1
+    return gzip.compress(newer)
+
+
+def fails_to_load(dump: bytes, _: str) -> bytes:
+    lines = dump.splitlines(keepends=True)
+    return gzip.compress(b"".join(lines[:-5] + [b"INSERT INTO no_such_table VALUES (1);\n"] + lines[-5:]))
+
+
+def names_its_database(dump: bytes, database: str) -> bytes:
+    """What mysqldump --databases writes: the database's own CREATE DATABASE and USE; and
+    more than a pipe holds after them, as in a real database's dump."""
+    return gzip.compress(f"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `{database}`;\nUSE `{database}`;\n".encode()
+                         + b"-- padding\n" * 50_000 + dump)
+
+
+REFUSED = [
+    (truncated, ["is not an intact gzip file", "unexpected end of file"]),
+    (corrupt, ["is not an intact gzip file"]),
+    (stops_early, ["is incomplete: the dump inside stops before its end"]),
+    (from_a_newer_schema, ["comes from a newer schema than the live release v1 runs", "29991231000000",
+                           "Deploy a release that ships them"]),
+    (fails_to_load, ["does not load into MySQL", "no_such_table"]),
+    (names_its_database, ["names databases of its own"]),
+]
+
+
+@pytest.mark.parametrize("damage, messages", REFUSED, ids=[damage.__name__ for damage, _ in REFUSED])
+def test_restore_refuses_a_bad_file_and_changes_nothing(damage, messages, host, backup, database, mysql, run_dir):
+    bad = run_dir / f"{damage.__name__}.sql.gz"
+    bad.write_bytes(damage(gzip.decompress(backup[1].read_bytes()), database))
+    live = mysql.hex_snapshot(database)
+    color = host.recorded("color")
+    pid = host.pid(color)
+    before = backups(host)
+
+    restore = host.script("restore", str(bad))
+
+    assert restore.returncode == 1, restore
+    for message in messages + ["refused: ", "nothing was changed"]:
+        assert message in restore.output, restore
+    assert mysql.hex_snapshot(database) == live
+    assert not [d for d in mysql.databases() if d.startswith(f"{database}_restore")]
+    assert backups(host) == before, "a refused restore writes no safety dump"
+    # Refused before the API was stopped: the same process serves on.
+    assert host.pid(color) == pid
+    assert answers(host.url + "/health")
+
+
+def test_restore_over_the_populated_database_gives_exactly_the_backup_and_keeps_what_was_live(
+        host, backup, database, mysql):
+    _, file, at_backup = backup
+    live = mysql.hex_snapshot(database)
+    assert live != at_backup
+    before = backups(host)
+
+    restore = host.script("restore", str(file))
+
     assert restore.returncode == 0, restore
-    assert mysql.snapshot(source) == before
+    print(re.search(r"Restored .*", restore.output).group(0), f"({restore.seconds:.1f}s measured)")
+    assert mysql.hex_snapshot(database) == at_backup
+    assert not [d for d in mysql.databases() if d.startswith(f"{database}_restore")]
+    (safety,) = backups(host) - before
+    assert re.fullmatch(rf"{database}-\d{{8}}T\d{{6}}Z-before-restore\.sql\.gz", safety.name), safety
+    kept = gzip.decompress(safety.read_bytes())
+    assert AFTER_THE_BACKUP.encode() in kept
+    assert kept.rstrip().splitlines()[-1].startswith(b"-- Dump completed")
+    host.assert_serves("v1")
+    with urllib.request.urlopen(host.url + "/api/messages?limit=100", timeout=10) as answer:
+        listed = {m["message"] for m in json.load(answer)["items"]}
+    assert listed == set(HOSTILE_TEXTS)
+
+    # The safety dump is a backup like any other: restoring it brings back what was live.
+    again = host.script("restore", str(safety))
+    assert again.returncode == 0, again
+    assert mysql.hex_snapshot(database) == live
 
 
-def test_restore_refuses_a_database_that_holds_tables(backup, source, mysql, script):
-    before = mysql.snapshot(source)
-    restore = script("restore", str(backup[1]), database=source)
-    assert restore.returncode != 0, restore
-    assert "already holds" in restore.output, restore
-    assert mysql.snapshot(source) == before
+def test_a_release_that_fails_on_the_restored_data_gets_the_tables_that_were_live_back(host, backup, database, mysql):
+    """The restore gets as far as the swap; then the live release's migration job fails, and
+    the old tables go back before the API starts again."""
+    live = mysql.hex_snapshot(database)
+    (host.state / "current").write_text("fails-to-migrate\n")
+    try:
+        restore = host.script("restore", str(backup[1]))
+    finally:
+        (host.state / "current").write_text("v1\n")
+
+    assert restore.returncode == 1, restore
+    assert "this build's migrations fail" in restore.output, restore
+    assert "putting the tables that were live back" in restore.output, restore
+    assert "is as it was before the restore" in restore.output, restore
+    assert mysql.hex_snapshot(database) == live
+    assert not [d for d in mysql.databases() if d.startswith(f"{database}_restore")]
+    assert answers(host.url + "/health")

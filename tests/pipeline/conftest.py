@@ -4,6 +4,8 @@ The slow one is `prepared_host`: a Debian 12 root made by debootstrap (cached as
 under ~/.cache/two-tier-messages/pipeline, keyed by its inputs), in which the stack's own
 user-data runs scripts/prepare-host, and then prepare-host runs again with the same
 arguments, as a second run by hand would; a listing of the root is taken after each run.
+A loop device (`data_disk`) plays the stack's data volume: the user-data's AWS CLI call that
+attaches the volume makes it appear where udev names an EBS volume on a Nitro instance.
 """
 
 import hashlib
@@ -32,6 +34,10 @@ CACHE = Path(os.environ.get("PIPELINE_CACHE", Path.home() / ".cache/two-tier-mes
 JENKINS_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3Qta2V5LW9mLWplbmtpbnMtb25seS0wMDAw jenkins@test"
 ECR_REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
 WAIT_HANDLE_URL = "https://cloudformation-waitcondition.test/signal"
+DATA_VOLUME = "vol-0123456789abcdef0"
+REGION = "eu-west-1"
+INSTANCE_ID = "i-0fedcba9876543210"
+DATA_DIR = "/srv/messages"
 
 
 def log(message: str) -> None:
@@ -171,6 +177,84 @@ fi
 """
 
 
+# Stands in for the AWS CLI inside the root: attaching the stack's data volume to this
+# instance links the loop device that plays it where udev names an EBS volume on Nitro.
+AWS_STAND_IN = """#!/bin/sh
+echo "AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION $*" >>/run/aws-calls.log
+if [ "$*" = "ec2 attach-volume --volume-id {volume} --instance-id {instance} --device /dev/sdf" ]; then
+    mkdir -p /dev/disk/by-id
+    ln -sfn {device} /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}
+else
+    echo "aws stand-in: no such call here: $*" >&2
+    exit 1
+fi
+"""
+
+
+@pytest.fixture(scope="session")
+def data_disk(tmp_path_factory) -> Path:
+    """The data volume: a loop device over a sparse file, empty to begin with."""
+    image = tmp_path_factory.mktemp("data-volume") / "volume.img"
+    with open(image, "wb") as f:
+        f.truncate(256 << 20)
+    device = Path(run("losetup", "-f", "--show", str(image)).stdout.strip())
+    yield device
+    run("losetup", "-d", str(device), check=False)
+
+
+def make_root(directory: Path, disk: Path) -> Path:
+    """A fresh Debian root, as a new instance boots: the stand-ins for curl and the AWS CLI,
+    cloud-init's record of the instance id, and the data volume's device node."""
+    root = directory / "root"
+    root.mkdir()
+    run("tar", "-C", str(root), "-xf", str(debian_root_tarball()))
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    # Package scripts start no services in a chroot.
+    (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
+    (root / "usr/sbin/policy-rc.d").chmod(0o755)
+    (root / "usr/local/bin/curl").write_text(CURL_STAND_IN)
+    (root / "usr/local/bin/curl").chmod(0o755)
+    (root / "usr/local/bin/aws").write_text(AWS_STAND_IN.format(
+        volume=DATA_VOLUME, instance=INSTANCE_ID, device=disk, serial=DATA_VOLUME.replace("-", "")))
+    (root / "usr/local/bin/aws").chmod(0o755)
+    (root / "var/lib/cloud/data").mkdir(parents=True)
+    (root / "var/lib/cloud/data/instance-id").write_text(INSTANCE_ID + "\n")
+    os.mknod(root / str(disk).lstrip("/"), stat.S_IFBLK | 0o660, disk.stat().st_rdev)
+    shutil.copy(REPO / "scripts/prepare-host", root / "var/tmp/prepare-host-under-test")
+    return root
+
+
+def run_in_root(root: Path, *scripts: str) -> list:
+    """Runs each script in the root, with /proc, /sys and the shared package cache mounted;
+    the result and a listing of the root after each."""
+    # Downloaded packages outlive the root, so later runs install without downloading.
+    archives = CACHE / "apt-archives"
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    # /sys as on a machine: mount finds a filesystem by its UUID through it (there is no udev
+    # here to make /dev/disk/by-uuid).
+    mounts = [(root / "proc", ["-t", "proc", "proc"]), (root / "sys", ["-t", "sysfs", "-o", "ro", "sysfs"]),
+              (root / "var/cache/apt/archives", ["--bind", str(archives)])]
+    mounted, runs = [], []
+    try:
+        for target, how in mounts:
+            run("mount", *how, str(target))
+            mounted.append(target)
+        for script in scripts:
+            result = chroot_script(root, script)
+            runs.append((result, listing(root)))
+    finally:
+        # Unmounted before anything is deleted: the package cache is bind-mounted inside.
+        for target in reversed(mounted):
+            run("umount", str(target))
+    return runs
+
+
+def unmount_data(root: Path) -> None:
+    """Unmounts the data volume from the root, as terminating its instance would."""
+    if os.path.ismount(root / DATA_DIR.lstrip("/")):
+        run("umount", str(root / DATA_DIR.lstrip("/")))
+
+
 def chroot_script(root: Path, script: str) -> subprocess.CompletedProcess:
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -189,51 +273,31 @@ def prepare_host_command(user_data: str) -> str:
     return match.group(0)
 
 
-@pytest.fixture(scope="session")
-def prepared_host(template, tmp_path_factory) -> PreparedHost:
-    tarball = debian_root_tarball()
-    root = tmp_path_factory.mktemp("host") / "root"
-    root.mkdir()
-    run("tar", "-C", str(root), "-xf", str(tarball))
-    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-    # Package scripts start no services in a chroot.
-    (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
-    (root / "usr/sbin/policy-rc.d").chmod(0o755)
-    (root / "usr/local/bin/curl").write_text(CURL_STAND_IN)
-    (root / "usr/local/bin/curl").chmod(0o755)
-    shutil.copy(REPO / "scripts/prepare-host", root / "var/tmp/prepare-host-under-test")
-
-    values = parameter_defaults(template) | {
+def user_data_values(template: dict) -> dict:
+    return parameter_defaults(template) | {
         "JenkinsPublicKey": JENKINS_KEY,
         "SourceRepository": "https://github.com/OWNER/REPO",
         "RegistryValue": ECR_REGISTRY,
         "HostReadyHandle": WAIT_HANDLE_URL,
+        "DataVolume": DATA_VOLUME,
+        "AWS::Region": REGION,
     }
+
+
+@pytest.fixture(scope="session")
+def prepared_host(template, tmp_path_factory, data_disk) -> PreparedHost:
+    root = make_root(tmp_path_factory.mktemp("host"), data_disk)
+    values = user_data_values(template)
     user_data = render_user_data(template, values)
     (root / "var/tmp/user-data").write_text(user_data)
     (root / "var/tmp/prepare-host-again").write_text(prepare_host_command(user_data) + "\n")
-
-    # Downloaded packages outlive the root, so later runs install without downloading.
-    archives = CACHE / "apt-archives"
-    (archives / "partial").mkdir(parents=True, exist_ok=True)
-    mounts = [(Path("/proc"), root / "proc", ["-t", "proc", "proc"]),
-              (archives, root / "var/cache/apt/archives", ["--bind", str(archives)])]
-    mounted = []
+    log("first run of the user-data (scripts/prepare-host) in the Debian root, then a second of scripts/prepare-host")
     try:
-        for _, target, how in mounts:
-            run("mount", *how, str(target))
-            mounted.append(target)
-        log("first run of the user-data (scripts/prepare-host) in the Debian root")
-        first = chroot_script(root, "/var/tmp/user-data")
-        after_first = listing(root)
-        log("second run of scripts/prepare-host, with the same arguments")
-        second = chroot_script(root, "/var/tmp/prepare-host-again")
-        after_second = listing(root)
+        (first, after_first), (second, after_second) = run_in_root(
+            root, "/var/tmp/user-data", "/var/tmp/prepare-host-again")
+        prepared = PreparedHost(root, values, first, second, after_first, after_second, [])
+        prepared.sent = prepared.signals()
+        yield prepared
     finally:
-        # Unmounted before anything is deleted: the package cache is bind-mounted inside.
-        for target in reversed(mounted):
-            run("umount", str(target))
-    prepared = PreparedHost(root, values, first, second, after_first, after_second, [])
-    prepared.sent = prepared.signals()
-    yield prepared
-    shutil.rmtree(root, ignore_errors=True)
+        unmount_data(root)
+        shutil.rmtree(root, ignore_errors=True)

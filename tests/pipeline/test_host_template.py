@@ -1,5 +1,6 @@
-"""infra/messages-host.yaml: cfn-lint, the pieces the issue asks for, and the one published
-port shared by the security group, the host's .env and the compose files."""
+"""infra/messages-host.yaml: cfn-lint, the pieces the host is made of, the data volume that
+outlives the instance, and the one published port shared by the security group, the host's
+.env and the compose files."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from conftest import REPO, TEMPLATE, run
+from conftest import DATA_DIR, REPO, TEMPLATE, run
 
 COMPOSE = os.environ.get("COMPOSE_BIN", "docker-compose")
 
@@ -41,12 +42,13 @@ def test_instance_requires_imdsv2_and_an_encrypted_gp3_root_volume(template):
     assert instance["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": "LaunchTemplate"}
 
 
-def test_instance_role_may_only_read_from_ecr(template):
+def test_instance_role_may_only_read_from_ecr_and_attach_its_data_volume(template):
     role = template["Resources"]["InstanceRole"]["Properties"]
     assert role["ManagedPolicyArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"}
     ]
-    assert "Policies" not in role
+    # What the attach policy allows is pinned by the data volume's test below.
+    assert [p["PolicyName"] for p in role["Policies"]] == ["attach-the-data-volume"]
     profile = template["Resources"]["InstanceProfile"]["Properties"]
     assert profile["Roles"] == [{"Ref": "InstanceRole"}]
     assert template["Resources"]["Instance"]["Properties"]["IamInstanceProfile"] == {"Ref": "InstanceProfile"}
@@ -87,3 +89,79 @@ def test_stack_and_compose_files_publish_the_same_port(template, prepared_host):
     nginx_default = re.search(r'^: "\$\{HTTP_PORT:=(\d+)\}"', (REPO / "nginx/template-defaults.envsh").read_text(),
                               re.MULTILINE).group(1)
     assert str(port["target"]) == nginx_default
+
+
+def user_data(template) -> str:
+    return template["Resources"]["Instance"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
+
+
+def test_data_volume_is_encrypted_gp3_in_the_instances_zone_and_kept_as_a_snapshot(template):
+    volume = template["Resources"]["DataVolume"]
+    assert volume["Type"] == "AWS::EC2::Volume"
+    assert (volume["DeletionPolicy"], volume["UpdateReplacePolicy"]) == ("Snapshot", "Snapshot")
+    props = volume["Properties"]
+    assert (props["VolumeType"], props["Encrypted"], props["Size"]) == ("gp3", True, {"Ref": "DataVolumeGiB"})
+    # The instance is in the subnet's zone; both come from the one parameter.
+    subnet = template["Resources"]["Subnet"]["Properties"]
+    assert props["AvailabilityZone"] == subnet["AvailabilityZone"] == {"Ref": "AvailabilityZone"}
+    assert template["Resources"]["Instance"]["Properties"]["NetworkInterfaces"][0]["SubnetId"] == {"Ref": "Subnet"}
+    assert template["Parameters"]["AvailabilityZone"]["Type"] == "AWS::EC2::AvailabilityZone::Name"
+    assert "Default" not in template["Parameters"]["AvailabilityZone"]
+    assert template["Parameters"]["DataVolumeGiB"]["Type"] == "Number"
+
+
+def test_instance_attaches_its_own_data_volume_at_boot_and_may_attach_nothing_else(template):
+    """No AWS::EC2::VolumeAttachment: CloudFormation creates a replaced instance's new
+    attachment before it deletes the old one, which EC2 refuses while the volume is still
+    attached. The instance attaches the volume itself, once the old one has let it go."""
+    resources = template["Resources"]
+    assert not [name for name, r in resources.items() if r["Type"] == "AWS::EC2::VolumeAttachment"]
+    assert "--data-volume '${DataVolume}'" in user_data(template)
+    (policy,) = resources["InstanceRole"]["Properties"]["Policies"]
+    statements = policy["PolicyDocument"]["Statement"]
+    assert {s["Effect"] for s in statements} == {"Allow"}
+    assert {s["Action"] for s in statements} == {"ec2:AttachVolume"}
+    resources_allowed = {json.dumps(s["Resource"]): s.get("Condition") for s in statements}
+    assert resources_allowed == {
+        json.dumps({"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:volume/${DataVolume}"}): None,
+        json.dumps({"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"}):
+            {"StringEquals": {"aws:ResourceTag/aws:cloudformation:stack-id": {"Ref": "AWS::StackId"}}},
+    }
+
+
+def test_root_volume_is_still_deleted_with_the_instance_as_it_holds_no_data(template):
+    (root,) = template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["BlockDeviceMappings"]
+    assert root["Ebs"]["DeleteOnTermination"] is True
+
+
+def test_image_changes_only_when_the_operator_changes_it(template):
+    """A plain AMI id: no SSM parameter that resolves to a newer image at the next update."""
+    image = template["Parameters"]["ImageId"]
+    assert image["Type"] == "AWS::EC2::Image::Id"
+    assert "Default" not in image
+    assert not [name for name, p in template["Parameters"].items() if p["Type"].startswith("AWS::SSM::")]
+    assert template["Resources"]["Instance"]["Properties"]["ImageId"] == {"Ref": "ImageId"}
+
+
+def test_no_data_path_is_left_on_the_root_volume(template):
+    """prepare-host mounts the data volume at its folder (the stack leaves --dir at its
+    default), which is the compose project's directory on the host: rendered by Compose v2
+    with this checkout as that directory, every path the production stack writes, and every
+    secret it reads, is under it, and no service keeps data in a Docker volume (Docker's own
+    folder is on the root volume)."""
+    assert "--dir" not in user_data(template)
+    assert f"\ndir={DATA_DIR}\n" in (REPO / "scripts/prepare-host").read_text()
+    result = run(COMPOSE, "--env-file", ".env.example", "-f", "docker-compose.yml", "-f", "docker-compose.prod.yml",
+                 "config", "--format", "json", cwd=REPO)
+    config = json.loads(result.stdout)
+    project = f"{REPO}/"
+    writable = {}
+    for name, service in config["services"].items():
+        for mount in service.get("volumes", []):
+            assert mount["type"] == "bind", (name, mount)
+            assert mount["source"].startswith(project), (name, mount)
+            if not mount.get("read_only"):
+                writable.setdefault(name, []).append(mount["source"].removeprefix(project))
+    assert writable == {"db": ["db-data"], "backup": ["backups"]}
+    assert sorted(s["file"].removeprefix(project) for s in config["secrets"].values()) == [
+        "secrets/admin_token", "secrets/db_password", "secrets/db_root_password", "secrets/token_sealing_key"]

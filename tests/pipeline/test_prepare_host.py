@@ -1,12 +1,21 @@
 """scripts/prepare-host in a debootstrapped Debian 12 root: run by the stack's own
 user-data, then again with the same arguments (Docker from Debian's docker.io through the
-DOCKER_SOURCE seam)."""
+DOCKER_SOURCE seam); then the user-data in a second, fresh root given the same data volume,
+as a replacement instance."""
 
 import json
+import os
 import re
+import shutil
 import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
-from conftest import ECR_REGISTRY, JENKINS_KEY, REPO, WAIT_HANDLE_URL, chroot_script, render_user_data, run
+import pytest
+import yaml
+from conftest import (DATA_DIR, DATA_VOLUME, ECR_REGISTRY, INSTANCE_ID, JENKINS_KEY, REGION, REPO, WAIT_HANDLE_URL,
+                      chroot_script, listing, log, make_root, render_user_data, run, run_in_root, unmount_data)
 
 CHANGE_LINE = re.compile(r"^prepare-host: (?!.* is ready for )", re.MULTILINE)
 
@@ -63,6 +72,42 @@ def test_srv_messages_has_the_folders_and_modes_the_deploy_expects(prepared_host
         assert owner_mode(prepared_host, path) == (int(uid), int(gid), mode), path
 
 
+def test_database_folder_belongs_to_the_user_the_compose_file_runs_the_database_as(prepared_host):
+    compose = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())
+    db_uid, db_gid = map(int, compose["services"]["db"]["user"].split(":"))
+    assert owner_mode(prepared_host, "/srv/messages/db-data") == (db_uid, db_gid, 0o700)
+    assert "./db-data:/var/lib/mysql" in compose["services"]["db"]["volumes"]
+
+
+def blkid(device, key: str) -> str:
+    return run("blkid", "-p", "-o", "value", "-s", key, str(device)).stdout.strip()
+
+
+def test_first_run_attaches_formats_and_mounts_the_data_volume_at_srv_messages_by_uuid(prepared_host, data_disk):
+    calls = prepared_host.path("/run/aws-calls.log").read_text().splitlines()
+    assert calls == [f"AWS_DEFAULT_REGION={REGION} ec2 attach-volume --volume-id {DATA_VOLUME} "
+                     f"--instance-id {INSTANCE_ID} --device /dev/sdf"]
+    device = f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{DATA_VOLUME.replace('-', '')}"
+    assert f"prepare-host: formatting {device} as ext4" in prepared_host.first.stdout
+    assert blkid(data_disk, "TYPE") == "ext4"
+    fstab = [line.split() for line in prepared_host.path("/etc/fstab").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert [f for f in fstab if f[1] == DATA_DIR] == [
+        [f"UUID={blkid(data_disk, 'UUID')}", DATA_DIR, "ext4", "defaults,nofail", "0", "2"]]
+    assert os.path.ismount(prepared_host.path(DATA_DIR))
+    dropin = prepared_host.path("/etc/systemd/system/docker.service.d/messages-data.conf").read_text()
+    assert dropin == f"[Unit]\nRequiresMountsFor={DATA_DIR}\n"
+
+
+def test_the_database_backups_secrets_and_settings_land_on_the_data_volume(prepared_host, data_disk):
+    on_volume = os.stat(prepared_host.path(DATA_DIR)).st_dev
+    assert on_volume != os.stat(prepared_host.path("/etc")).st_dev
+    assert on_volume == data_disk.stat().st_rdev
+    for path in ("db-data", "backups", "secrets", "secrets/db_password", "secrets/db_root_password",
+                 "secrets/admin_token", "secrets/token_sealing_key", ".deploy", ".env"):
+        assert os.stat(prepared_host.path(f"{DATA_DIR}/{path}")).st_dev == on_volume, path
+
+
 def test_env_file_holds_the_stack_settings_and_no_password(prepared_host):
     _, _, uid, gid, *_ = prepared_host.passwd("deploy")
     text = prepared_host.path("/srv/messages/.env").read_text()
@@ -110,6 +155,9 @@ def test_refuses_bad_arguments_before_touching_anything(tmp_path):
         (["--ssh-key", "not a key"], "not an OpenSSH public key line"),
         (["--ssh-key", JENKINS_KEY, "--user", "Root!"], "not a user name"),
         (["--ssh-key", JENKINS_KEY, "--http-port", "70000"], "not a port"),
+        (["--ssh-key", JENKINS_KEY, "--dir", "srv/messages"], "not an absolute folder"),
+        (["--ssh-key", JENKINS_KEY, "--data-volume", "/dev/nvme1n1"], "not an EBS volume id"),
+        (["--ssh-key", JENKINS_KEY, "--data-volume", DATA_VOLUME, "--data-device", "/dev/nvme1n1"], "not both"),
     ]
     for args, message in cases:
         result = run(script, *args, check=False)
@@ -128,3 +176,62 @@ def test_user_data_reports_a_failed_preparation_to_the_stack(prepared_host, temp
     url, body = prepared_host.signals()[-1].split(" ", 1)
     assert url == WAIT_HANDLE_URL
     assert json.loads(body)["Status"] == "FAILURE"
+
+
+def volume_listing(root) -> dict:
+    return listing(root / DATA_DIR.lstrip("/"))
+
+
+SECRETS = ("db_password", "db_root_password", "admin_token", "token_sealing_key")
+
+
+@dataclass
+class NewInstance:
+    root: Path
+    result: subprocess.CompletedProcess
+    # The data volume as the first instance left it, and as the new one has it.
+    before: dict
+    after: dict
+    secrets_before: dict
+
+
+@pytest.fixture(scope="module")
+def new_instance(prepared_host, data_disk, tmp_path_factory) -> NewInstance:
+    """A replacement instance: the first root's volume unmounted (its instance terminated),
+    then the same user-data in a fresh root given the same volume. The first root gets its
+    volume back at the end."""
+    before = volume_listing(prepared_host.root)
+    secrets = {name: prepared_host.path(f"{DATA_DIR}/secrets/{name}").read_text() for name in SECRETS}
+    unmount_data(prepared_host.root)
+    root = make_root(tmp_path_factory.mktemp("new-instance"), data_disk)
+    (root / "var/tmp/user-data").write_text(prepared_host.path("/var/tmp/user-data").read_text())
+    log("the user-data in a second, fresh root given the same data volume")
+    try:
+        ((result, _),) = run_in_root(root, "/var/tmp/user-data")
+        yield NewInstance(root, result, before, volume_listing(root), secrets)
+    finally:
+        unmount_data(root)
+        shutil.rmtree(root, ignore_errors=True)
+        run("mount", str(data_disk), str(prepared_host.path(DATA_DIR)))
+
+
+def test_a_new_instance_mounts_the_same_data_volume_without_formatting_it(new_instance):
+    result = new_instance.result
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"prepare-host: attached {DATA_VOLUME} to {INSTANCE_ID}" in result.stdout
+    assert "formatting" not in result.stdout
+    assert os.path.ismount(new_instance.root / DATA_DIR.lstrip("/"))
+
+
+def test_a_new_instance_finds_every_file_of_the_data_volume_unchanged(new_instance):
+    """Mode, owner, size, modification time and checksum of every file and folder."""
+    before, after = new_instance.before, new_instance.after
+    assert {f"secrets/{name}" for name in SECRETS} | {".env", "db-data", "backups", ".deploy"} <= before.keys()
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert changed == []
+
+
+def test_a_new_instance_keeps_the_secrets(new_instance):
+    for name in SECRETS:
+        path = new_instance.root / DATA_DIR.lstrip("/") / "secrets" / name
+        assert path.read_text() == new_instance.secrets_before[name], name
