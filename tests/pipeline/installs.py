@@ -7,7 +7,8 @@ scripts those run, as `scripts/test` runs the suites). It may call, by name, onl
     the README names (gcc, libc6-dev, make, git, python3 with pip; their dependencies), and
     rustup's commands;
   - what its own install steps bring: the Debian packages it passes to `ensure_packages`
-    (with their dependencies), and the commands of the pinned tools it puts on PATH (the
+    (or, on the host it prepares, to scripts/prepare-host's `install_packages`), with their
+    dependencies, and the commands of the pinned tools it puts on PATH (the
     functions of scripts/lib/common.sh whose comment says "Provides: ...").
 `cargo build/test/clippy/run/...` of the workspace also needs BUILD_PACKAGES.
 
@@ -392,7 +393,8 @@ class Project:
                 nested = [a for a in args if a and not a.startswith("-") and not a.isdigit()]
                 if nested and nested[0] not in functions and nested[0] not in library_functions:
                     stage.uses.append(Use(nested[0], where))
-            if command == "ensure_packages":
+            # ensure_packages, and prepare-host's own apt step on the host it prepares.
+            if command in ("ensure_packages", "install_packages"):
                 stage.packages.update(word for word in call.words[1:] if word)
                 stage.packages.update(expand(arrays, [f"@{a}" for a in call.arrays[1:] if a]))
             for parsed_file in files:
