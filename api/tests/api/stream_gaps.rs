@@ -27,7 +27,7 @@ async fn a_create_that_waited_for_another_transactions_key_is_still_streamed() {
     let mut stream = SseReader::open(&app, None).await;
     assert_eq!(stream.next(WAIT).await.unwrap().event, "ready");
 
-    let key = "held-by-another-session";
+    let key = "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d";
     let hash = IdempotencyKey::parse(key.as_bytes()).unwrap().lookup_hash();
     let mut holder = app.db.mysql();
     holder.batch_execute("START TRANSACTION").unwrap();
