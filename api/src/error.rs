@@ -219,6 +219,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::ReplayUnavailable { .. } | ServiceError::SealBroken { .. } => {
                 Self::ReplayUnavailable(error.to_string())
             }
+            ServiceError::NotFound(_) => Self::NotFound(error.to_string()),
+            ServiceError::Forbidden => Self::Forbidden(error.to_string()),
             ServiceError::Db(error) => error.into(),
         }
     }

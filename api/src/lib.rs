@@ -144,12 +144,11 @@ impl Application {
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let state = AppState {
             db: db.clone(),
-            messages: Messages { db: db.clone(), events: events.clone(), sealer },
+            messages: Messages { db: db.clone(), events: events.clone(), sealer, admin_token_hash },
             limits: Limits {
                 max_message_chars: settings.max_message_chars,
                 max_body_bytes: settings.max_body_bytes,
             },
-            admin_token_hash,
             events: events.clone(),
             stopping: stopping_rx,
         };

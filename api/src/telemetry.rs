@@ -80,7 +80,8 @@ fn describe_metrics() {
     metrics::counter!(IDEMPOTENT_REPLAYS, "route" => "/api/messages").absolute(0);
     describe_counter!(
         ERRORS_METRIC,
-        "Failed database calls by kind: unavailable, timeout, conflict, not_found or other."
+        "Failed database calls by kind: unavailable, timeout, write_conflict, constraint, \
+         not_found or other."
     );
     for kind in DbError::KINDS {
         metrics::counter!(ERRORS_METRIC, "kind" => kind).absolute(0);

@@ -204,7 +204,8 @@ fn last_insert_id(conn: &mut DbConnection) -> QueryResult<i64> {
     }
 }
 
-/// Replaces the text; `None` when the message does not exist (any more).
+/// Replaces the text; `None` when no row matched: the message does not exist (any more) or,
+/// with `token_hash` (`None` for the admin), does not hold that edit token's hash.
 ///
 /// Nothing is read once the transaction holds the row's lock: the answer is built from the
 /// known values (`created_at` never changes, so it is read first, without a lock). On a
@@ -216,6 +217,7 @@ pub fn update(
     conn: &mut DbConnection,
     gate: &CommitGate,
     id: i64,
+    token_hash: Option<&[u8]>,
     text: &str,
     now: NaiveDateTime,
 ) -> Result<Option<MessageRow>, DbError> {
@@ -225,9 +227,14 @@ pub fn update(
         return Ok(None);
     };
     let changed = conn.transaction(|conn| {
-        let changed = diesel::update(messages::table.find(id))
-            .set((messages::message.eq(text), messages::updated_at.eq(now)))
-            .execute(conn)?;
+        let changes = (messages::message.eq(text), messages::updated_at.eq(now));
+        let row = messages::table.find(id);
+        let changed = match token_hash {
+            Some(hash) => diesel::update(row.filter(messages::edit_token_hash.eq(hash)))
+                .set(changes)
+                .execute(conn)?,
+            None => diesel::update(row).set(changes).execute(conn)?,
+        };
         if changed > 0 {
             events::record(conn, EventKind::Updated, id, now)?;
             gate.enter()?;
@@ -242,15 +249,22 @@ pub fn update(
     }))
 }
 
-/// Deletes the message; false when it did not exist.
+/// Deletes the message; false when no row matched (as for `update`).
 pub fn delete(
     conn: &mut DbConnection,
     gate: &CommitGate,
     id: i64,
+    token_hash: Option<&[u8]>,
     now: NaiveDateTime,
 ) -> Result<bool, DbError> {
     Ok(conn.transaction(|conn| {
-        let deleted = diesel::delete(messages::table.find(id)).execute(conn)? > 0;
+        let row = messages::table.find(id);
+        let deleted = match token_hash {
+            Some(hash) => {
+                diesel::delete(row.filter(messages::edit_token_hash.eq(hash))).execute(conn)?
+            }
+            None => diesel::delete(row).execute(conn)?,
+        } > 0;
         if deleted {
             events::record(conn, EventKind::Deleted, id, now)?;
             gate.enter()?;

@@ -9,11 +9,12 @@ use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::authorization::{MayChange, not_found};
+use super::authorization::MayChange;
 use super::{ApiJson, ApiPath, ApiQuery, AppState};
 use crate::db::messages as queries;
-use crate::domain::{Cursor, IdempotencyKey, MessageId, MessageText, PageSize, now};
+use crate::domain::{Cursor, IdempotencyKey, MessageId, MessageText, PageSize};
 use crate::error::{ApiError, Problem};
+use crate::service::ServiceError;
 use crate::telemetry::IDEMPOTENT_REPLAYS;
 use crate::views::{Message, rfc3339};
 
@@ -266,7 +267,7 @@ pub async fn get_message(
 ) -> Result<Json<Message>, ApiError> {
     let id = MessageId::parse(id)?.get();
     let row = state.db.run(move |conn| queries::get(conn, id)).await?;
-    row.map(|row| Json(row.into())).ok_or_else(|| not_found(id))
+    row.map(|row| Json(row.into())).ok_or_else(|| ServiceError::NotFound(id).into())
 }
 
 /// Replaces a message's text. Needs the message's edit token or the admin token, checked
@@ -295,16 +296,11 @@ pub async fn get_message(
 )]
 pub async fn update_message(
     State(state): State<AppState>,
-    MayChange(id): MayChange,
+    MayChange { id, authority }: MayChange,
     ApiJson(body): ApiJson<MessageInput>,
 ) -> Result<Json<Message>, ApiError> {
     let text = body.text(state.limits.max_message_chars)?;
-    let row = state
-        .db
-        .write(move |conn, gate| queries::update(conn, gate, id, text.as_str(), now()))
-        .await?;
-    state.events.wake();
-    row.map(|row| Json(row.into())).ok_or_else(|| not_found(id))
+    Ok(Json(state.messages.update(id, text, &authority).await?))
 }
 
 /// Deletes a message. Needs the message's edit token or the admin token.
@@ -328,12 +324,8 @@ pub async fn update_message(
 )]
 pub async fn delete_message(
     State(state): State<AppState>,
-    MayChange(id): MayChange,
+    MayChange { id, authority }: MayChange,
 ) -> Result<StatusCode, ApiError> {
-    if state.db.write(move |conn, gate| queries::delete(conn, gate, id, now())).await? {
-        state.events.wake();
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found(id))
-    }
+    state.messages.delete(id, &authority).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

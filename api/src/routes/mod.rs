@@ -8,7 +8,6 @@ pub mod meta;
 pub mod stream;
 
 use std::error::Error as _;
-use std::sync::Arc;
 
 use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
@@ -25,11 +24,9 @@ use crate::service::Messages;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
-    /// The create workflow, shared with the form route.
+    /// The messages' workflows: create (shared with the form route), update, delete.
     pub messages: Messages,
     pub limits: Limits,
-    /// SHA-256 of the admin token, when one is configured.
-    pub admin_token_hash: Option<Arc<Vec<u8>>>,
     /// Live change events for the stream.
     pub events: EventHub,
     /// Turns true when the server starts shutting down.
