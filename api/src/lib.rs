@@ -60,6 +60,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(compat::submit))
         .routes(routes!(health::health))
         .routes(routes!(health::live))
+        .routes(routes!(health::ready))
         .routes(routes!(meta::limits))
 }
 

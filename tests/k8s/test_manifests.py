@@ -62,9 +62,9 @@ def test_the_api_spreads_over_nodes_and_zones(rendered):
         assert constraint["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
 
 
-def test_api_probes_readiness_on_health_and_liveness_on_health_live(rendered):
+def test_api_probes_readiness_on_health_ready_and_liveness_on_health_live(rendered):
     container = rendered.container("Deployment", "api")
-    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert container["startupProbe"]["httpGet"]["path"] == "/health/live"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):

@@ -195,6 +195,9 @@ async fn database_outage_gives_fast_503_and_service_resumes() {
         json!({"status": "unhealthy", "database": "disconnected"})
     );
     assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::OK, "a database outage does not take a replica out");
+    assert_eq!(ready.json::<Value>().await.unwrap(), json!({"status": "ready"}));
 
     outage.restore();
     eventually(Duration::from_secs(5), "service resumes", || async {
@@ -216,11 +219,15 @@ async fn app_starts_without_its_database_and_serves_once_it_appears() {
 
     assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
     assert_eq!(app.get("/health").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready before it has started");
+    assert_eq!(ready.json::<Value>().await.unwrap(), json!({"status": "starting"}));
     let response = app.get("/api/messages").await;
     assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
 
     outage.restore();
     app.wait_healthy(Duration::from_secs(15)).await;
+    assert_eq!(app.get("/health/ready").await.status(), StatusCode::OK);
     app.create("the database arrived").await;
 }
 
