@@ -134,9 +134,11 @@ def test_api_probe_paths_are_the_documented_health_endpoints(rendered):
     paths = json.loads((ROOT / "openapi/openapi.json").read_text())["paths"]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["path"] in paths
-    # The image's own health check (`messages-api healthcheck`) asks what readiness asks.
+    # The image's own health check (`messages-api healthcheck`, which compose and the deploy
+    # wait on) asks the database too; readiness asks only whether this pod has started.
     healthcheck = re.search(r'"GET (\S+) HTTP/1.0', (ROOT / "api/src/main.rs").read_text())
-    assert container["readinessProbe"]["httpGet"]["path"] == healthcheck.group(1)
+    assert healthcheck.group(1) == "/health" and healthcheck.group(1) in paths
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
 
 
 def test_web_writes_only_where_the_ec2_host_gives_it_tmpfs(rendered):
