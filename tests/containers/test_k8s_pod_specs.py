@@ -225,8 +225,9 @@ def test_the_api_pod_answers_its_probes_on_its_declared_port(pods, api):
     probe(pods, "api", container, "startupProbe", startup["periodSeconds"] * startup["failureThreshold"])
     probe(pods, "api", container, "livenessProbe", 10)
     probe(pods, "api", container, "readinessProbe", 30)
-    health = http("GET", api["url"] + container["readinessProbe"]["httpGet"]["path"]).json
-    assert health == {"status": "healthy", "database": "connected"}
+    ready = http("GET", api["url"] + container["readinessProbe"]["httpGet"]["path"]).json
+    assert ready == {"status": "ready"}
+    assert http("GET", api["url"] + "/health").json == {"status": "healthy", "database": "connected"}
 
 
 def test_the_api_pod_does_not_migrate_at_start(pods, api):
