@@ -5,7 +5,7 @@ import time
 
 from support import NODES, Load, eventually, problems
 
-# How long a drained node may keep sessions before they are cut (see the README's
+# How long a drained node may keep sessions before they are cut (see docs/galera.md's
 # planned-maintenance procedure): the API replaces a pooled connection 30 s after it was
 # opened, when it comes back to the pool or by r2d2's reaper.
 DRAIN_WAIT = 45

@@ -24,7 +24,7 @@ RESULTS = ROOT / "target/containers/results.json"
 
 @pytest.fixture(scope="session")
 def results():
-    """Figures the README reports (image sizes, deploy times, failed requests), written to
+    """Figures docs/testing.md reports (image sizes, deploy times, failed requests), written to
     target/containers/results.json at the end of the run."""
     figures: dict = {}
     yield figures

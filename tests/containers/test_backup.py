@@ -1,4 +1,4 @@
-"""Backup and restore inside the production stack, with the README's own commands: the backup
+"""Backup and restore inside the production stack, with docs/deployment.md's own commands: the backup
 service, a backup by hand, and `scripts/restore FILE` in the host's folder, which refuses a
 damaged or too new backup without touching the live tables and restores a good one over a
 populated database."""
@@ -50,7 +50,7 @@ def test_the_backup_service_writes_a_backup_at_start(prod):
 
 @pytest.fixture(scope="module")
 def backed_up(prod):
-    """The texts written, a backup by hand as the README runs it, the tables as they were
+    """The texts written, a backup by hand as docs/deployment.md runs it, the tables as they were
     then; then one more message, so that what is live differs from the backup."""
     for text in TEXTS:
         assert http("POST", prod.url + "/api/messages", {"message": text}).status == 201
@@ -121,7 +121,7 @@ def test_restore_over_the_populated_database_gives_exactly_the_backup_and_the_ap
     assert snapshot(prod) != at_backup
     before = backups(prod)
 
-    # As the README runs it, from the host's folder.
+    # As docs/deployment.md runs it, from the host's folder.
     restore = prod.script("restore", f"backups/{file.name}")
 
     rows = sum(len(part) for part in at_backup[1::2])
