@@ -14,6 +14,7 @@ test checks that the api Service does not, since web reaches the API at the pod'
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import subprocess
@@ -29,14 +30,10 @@ from stack import http
 
 sys.path.insert(0, str(ROOT / "tests/k8s"))
 
-from manifests import port_by_name, probe_port, render  # noqa: E402
+from manifests import cpu_cores, port_by_name, probe_port, render  # noqa: E402
 
 OVERLAY = "local"
 NETWORK = "messages-k8s-pods-test"
-
-
-def cpus(value: str) -> str:
-    return str(int(value[:-1]) / 1000) if value.endswith("m") else value
 
 
 def memory(value: str) -> str:
@@ -97,7 +94,7 @@ class Pods:
         # seccomp RuntimeDefault is the engine's default profile: nothing to pass.
         assert security["seccompProfile"]["type"] == "RuntimeDefault"
         limits = container["resources"]["limits"]
-        args += ["--cpus", cpus(limits["cpu"]), "--memory", memory(limits["memory"])]
+        args += ["--cpus", str(cpu_cores(limits["cpu"])), "--memory", memory(limits["memory"])]
         for var, value in self.rendered.environment(container).items():
             args += ["--env", f"{var}={value}"]
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -238,6 +235,16 @@ def test_the_api_pod_does_not_migrate_at_start(pods, api):
 def test_the_web_pod_answers_its_probes_on_its_declared_port(pods, web):
     for kind in ("readinessProbe", "livenessProbe"):
         probe(pods, "web", web["container"], kind, 30)
+
+
+def test_web_runs_one_worker_per_cpu_of_its_limit(pods, web):
+    """nginx's "auto" would count the engine host's CPUs; the pod's limit decides instead."""
+    probe(pods, "web", web["container"], "readinessProbe", 30)
+    expected = math.ceil(cpu_cores(web["container"]["resources"]["limits"]["cpu"]))
+    workers = pods.engine.docker(
+        "exec", "k8s-web", "sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -o 'nginx: worker proces[s]' | wc -l",
+    ).stdout.strip()
+    assert int(workers) == expected, f"{workers} nginx workers, the limit gives {expected}"
 
 
 def test_web_proxies_to_the_api_service_by_name(pods, api, web):
