@@ -75,12 +75,16 @@ class Pods:
             path.chmod(volume["secret"]["defaultMode"])
         return folder
 
-    def run(self, kind: str, name: str, alias: str | None, detach: bool = True) -> str | subprocess.CompletedProcess:
+    def run(self, kind: str, name: str, alias: str | None, detach: bool = True,
+            instance: str | None = None, env: dict[str, str] | None = None) -> str | subprocess.CompletedProcess:
+        """Runs the pod spec `name` as container k8s-INSTANCE (default: the name), with
+        `env` over the manifests' environment."""
         pod = self.rendered.get(kind, name)["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         security, context = pod["securityContext"], container["securityContext"]
         assert security["runAsNonRoot"] and security["runAsUser"] != 0
-        args = ["run", "--name", f"k8s-{name}", "--network", NETWORK,
+        instance = instance or name
+        args = ["run", "--name", f"k8s-{instance}", "--network", NETWORK,
                 "--user", f"{security['runAsUser']}:{security['runAsGroup']}",
                 "--group-add", str(security["fsGroup"])]
         if alias:
@@ -95,7 +99,7 @@ class Pods:
         assert security["seccompProfile"]["type"] == "RuntimeDefault"
         limits = container["resources"]["limits"]
         args += ["--cpus", str(cpu_cores(limits["cpu"])), "--memory", memory(limits["memory"])]
-        for var, value in self.rendered.environment(container).items():
+        for var, value in {**self.rendered.environment(container), **(env or {})}.items():
             args += ["--env", f"{var}={value}"]
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for mount in container.get("volumeMounts", []):
@@ -119,7 +123,7 @@ class Pods:
         if detach:
             args.append("--detach")
         args += [self.image(container), *container.get("args", [])]
-        self.containers.append(f"k8s-{name}")
+        self.containers.append(f"k8s-{instance}")
         result = self.engine.docker(*args, check=detach)
         return result.stdout.strip() if detach else result
 
@@ -142,7 +146,7 @@ def pods(engine, images, workdir):
     rendered = render(OVERLAY)
     pods = Pods(engine, rendered, images, workdir)
     # Leftovers of an interrupted run.
-    pods.containers = ["k8s-db", "k8s-api", "k8s-web", f"k8s-{rendered.migrate_job()['metadata']['name']}"]
+    pods.containers = ["k8s-db", "k8s-api", "k8s-api-unmigrated", "k8s-web", f"k8s-{rendered.migrate_job()['metadata']['name']}"]
     pods.remove()
     pods.containers = []
     started = time.monotonic()
@@ -228,8 +232,20 @@ def test_the_api_pod_answers_its_probes_on_its_declared_port(pods, api):
 
 
 def test_the_api_pod_does_not_migrate_at_start(pods, api):
-    probe(pods, "api", api["container"], "readinessProbe", 30)
-    assert "applied database migrations" not in pods.logs("k8s-api")
+    """Only the Job migrates. Against a database the Job has not touched, the API pod becomes
+    ready and has created no table (with RUN_MIGRATIONS=true it would have created them)."""
+    user = pods.rendered.environment(api["container"])["MYSQL_USER"]
+
+    def as_root(sql: str) -> list[str]:
+        return pods.engine.docker(
+            "exec", "k8s-db", "sh", "-c", 'mysql -uroot -p"$MYSQL_ROOT_PASSWORD" -Nse "$0"', sql,
+        ).stdout.split()
+
+    as_root(f"CREATE DATABASE unmigrated; GRANT ALL ON unmigrated.* TO '{user}'@'%'")
+    pods.run("Deployment", "api", alias=None, instance="api-unmigrated", env={"MYSQL_DB": "unmigrated"})
+    probe(pods, "api-unmigrated", api["container"], "readinessProbe", 30)
+    assert as_root("SHOW TABLES FROM unmigrated") == [], pods.logs("k8s-api-unmigrated")
+    assert "applied database migrations" not in pods.logs("k8s-api-unmigrated")
 
 
 def test_the_web_pod_answers_its_probes_on_its_declared_port(pods, web):
