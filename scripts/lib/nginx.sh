@@ -20,7 +20,7 @@ nginx_conf_dir() {
 
 # nginx_render PREFIX API_UPSTREAM HTTP_PORT [WEB_ROOT]
 # Lays out PREFIX like /etc/nginx in the official image: nginx.conf, mime.types and the
-# template rendered into conf.d/. One extra file points the temp folders into PREFIX,
+# templates rendered into conf.d/. One extra file points the temp folders into PREFIX,
 # since the built-in ones (/var/lib/nginx/...) are root's. stub_status answers on the Unix
 # socket PREFIX/status.sock unless STATUS_LISTEN says otherwise: no port to collide, and
 # only this user's processes (the metrics exporter) can reach it.
@@ -37,10 +37,12 @@ nginx_render() {
         export STATUS_LISTEN="${STATUS_LISTEN:-unix:$prefix/status.sock}"
         # shellcheck source=nginx/template-defaults.envsh
         . "$NGINX_LIB_ROOT/nginx/template-defaults.envsh"
-        # shellcheck disable=SC2016,SC2086 # envsubst's own ${NAME} list, one word per variable
-        envsubst "$(printf '${%s} ' $NGINX_TEMPLATE_VARIABLES)" \
-            <"$NGINX_LIB_ROOT/nginx/templates/default.conf.template" \
-            >"$prefix/conf.d/default.conf"
+        local template output
+        for template in "$NGINX_LIB_ROOT"/nginx/templates/*.template; do
+            output="$prefix/conf.d/$(basename "$template" .template)"
+            # shellcheck disable=SC2016,SC2086 # envsubst's own ${NAME} list, one word per variable
+            envsubst "$(printf '${%s} ' $NGINX_TEMPLATE_VARIABLES)" <"$template" >"$output"
+        done
     )
     local kind
     {

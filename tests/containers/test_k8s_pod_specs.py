@@ -14,6 +14,7 @@ test checks that the api Service does not, since web reaches the API at the pod'
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import subprocess
@@ -29,14 +30,10 @@ from stack import http
 
 sys.path.insert(0, str(ROOT / "tests/k8s"))
 
-from manifests import port_by_name, probe_port, render  # noqa: E402
+from manifests import cpu_cores, port_by_name, probe_port, render  # noqa: E402
 
 OVERLAY = "local"
 NETWORK = "messages-k8s-pods-test"
-
-
-def cpus(value: str) -> str:
-    return str(int(value[:-1]) / 1000) if value.endswith("m") else value
 
 
 def memory(value: str) -> str:
@@ -78,12 +75,16 @@ class Pods:
             path.chmod(volume["secret"]["defaultMode"])
         return folder
 
-    def run(self, kind: str, name: str, alias: str | None, detach: bool = True) -> str | subprocess.CompletedProcess:
+    def run(self, kind: str, name: str, alias: str | None, detach: bool = True,
+            instance: str | None = None, env: dict[str, str] | None = None) -> str | subprocess.CompletedProcess:
+        """Runs the pod spec `name` as container k8s-INSTANCE (default: the name), with
+        `env` over the manifests' environment."""
         pod = self.rendered.get(kind, name)["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         security, context = pod["securityContext"], container["securityContext"]
         assert security["runAsNonRoot"] and security["runAsUser"] != 0
-        args = ["run", "--name", f"k8s-{name}", "--network", NETWORK,
+        instance = instance or name
+        args = ["run", "--name", f"k8s-{instance}", "--network", NETWORK,
                 "--user", f"{security['runAsUser']}:{security['runAsGroup']}",
                 "--group-add", str(security["fsGroup"])]
         if alias:
@@ -97,8 +98,8 @@ class Pods:
         # seccomp RuntimeDefault is the engine's default profile: nothing to pass.
         assert security["seccompProfile"]["type"] == "RuntimeDefault"
         limits = container["resources"]["limits"]
-        args += ["--cpus", cpus(limits["cpu"]), "--memory", memory(limits["memory"])]
-        for var, value in self.rendered.environment(container).items():
+        args += ["--cpus", str(cpu_cores(limits["cpu"])), "--memory", memory(limits["memory"])]
+        for var, value in {**self.rendered.environment(container), **(env or {})}.items():
             args += ["--env", f"{var}={value}"]
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for mount in container.get("volumeMounts", []):
@@ -122,7 +123,7 @@ class Pods:
         if detach:
             args.append("--detach")
         args += [self.image(container), *container.get("args", [])]
-        self.containers.append(f"k8s-{name}")
+        self.containers.append(f"k8s-{instance}")
         result = self.engine.docker(*args, check=detach)
         return result.stdout.strip() if detach else result
 
@@ -145,7 +146,7 @@ def pods(engine, images, workdir):
     rendered = render(OVERLAY)
     pods = Pods(engine, rendered, images, workdir)
     # Leftovers of an interrupted run.
-    pods.containers = ["k8s-db", "k8s-api", "k8s-web", f"k8s-{rendered.migrate_job()['metadata']['name']}"]
+    pods.containers = ["k8s-db", "k8s-api", "k8s-api-unmigrated", "k8s-web", f"k8s-{rendered.migrate_job()['metadata']['name']}"]
     pods.remove()
     pods.containers = []
     started = time.monotonic()
@@ -231,13 +232,35 @@ def test_the_api_pod_answers_its_probes_on_its_declared_port(pods, api):
 
 
 def test_the_api_pod_does_not_migrate_at_start(pods, api):
-    probe(pods, "api", api["container"], "readinessProbe", 30)
-    assert "applied database migrations" not in pods.logs("k8s-api")
+    """Only the Job migrates. Against a database the Job has not touched, the API pod becomes
+    ready and has created no table (with RUN_MIGRATIONS=true it would have created them)."""
+    user = pods.rendered.environment(api["container"])["MYSQL_USER"]
+
+    def as_root(sql: str) -> list[str]:
+        return pods.engine.docker(
+            "exec", "k8s-db", "sh", "-c", 'mysql -uroot -p"$MYSQL_ROOT_PASSWORD" -Nse "$0"', sql,
+        ).stdout.split()
+
+    as_root(f"CREATE DATABASE unmigrated; GRANT ALL ON unmigrated.* TO '{user}'@'%'")
+    pods.run("Deployment", "api", alias=None, instance="api-unmigrated", env={"MYSQL_DB": "unmigrated"})
+    probe(pods, "api-unmigrated", api["container"], "readinessProbe", 30)
+    assert as_root("SHOW TABLES FROM unmigrated") == [], pods.logs("k8s-api-unmigrated")
+    assert "applied database migrations" not in pods.logs("k8s-api-unmigrated")
 
 
 def test_the_web_pod_answers_its_probes_on_its_declared_port(pods, web):
     for kind in ("readinessProbe", "livenessProbe"):
         probe(pods, "web", web["container"], kind, 30)
+
+
+def test_web_runs_one_worker_per_cpu_of_its_limit(pods, web):
+    """nginx's "auto" would count the engine host's CPUs; the pod's limit decides instead."""
+    probe(pods, "web", web["container"], "readinessProbe", 30)
+    expected = math.ceil(cpu_cores(web["container"]["resources"]["limits"]["cpu"]))
+    workers = pods.engine.docker(
+        "exec", "k8s-web", "sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -o 'nginx: worker proces[s]' | wc -l",
+    ).stdout.strip()
+    assert int(workers) == expected, f"{workers} nginx workers, the limit gives {expected}"
 
 
 def test_web_proxies_to_the_api_service_by_name(pods, api, web):

@@ -3,6 +3,7 @@ container tests that start the pod specs (tests/containers/test_k8s_pod_specs.py
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from dataclasses import dataclass
@@ -58,9 +59,18 @@ class Rendered:
             assert set(source) == {"configMapRef"}, f"unexpected envFrom {source}"
             env.update(self.get("ConfigMap", source["configMapRef"]["name"])["data"])
         for var in container.get("env", []):
-            assert "value" in var, f"{var['name']}: values only (secrets come as files)"
+            if "resourceFieldRef" in var.get("valueFrom", {}):
+                env[var["name"]] = self.resource_field(container, var["valueFrom"]["resourceFieldRef"])
+                continue
+            assert "value" in var, f"{var['name']}: values or resource fields only (secrets come as files)"
             env[var["name"]] = var["value"]
         return env
+
+    def resource_field(self, container: dict, ref: dict) -> str:
+        """What the downward API gives for a CPU limit: the limit over the divisor, rounded up."""
+        assert ref["containerName"] == container["name"], ref
+        assert ref["resource"] == "limits.cpu", f"only CPU limits are supported here: {ref}"
+        return str(math.ceil(cpu_cores(container["resources"]["limits"]["cpu"]) / cpu_cores(ref.get("divisor", "1"))))
 
 
 @cache
@@ -70,6 +80,11 @@ def render(overlay: str) -> Rendered:
         check=True, capture_output=True, text=True,
     ).stdout
     return Rendered(overlay, tuple(o for o in yaml.safe_load_all(out) if o))
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity in cores: "500m" is 0.5, "2" is 2."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
 def port_by_name(container: dict, name: str) -> int:

@@ -112,6 +112,15 @@ def test_web_is_configured_by_the_nginx_template_variables(rendered):
     assert [p["port"] for p in service["spec"]["ports"]] == [int(port)]
 
 
+def test_web_runs_a_worker_per_cpu_of_its_own_limit(rendered):
+    container = rendered.container("Deployment", "web")
+    (var,) = [v for v in container["env"] if v["name"] == "NGINX_WORKER_PROCESSES"]
+    ref = var["valueFrom"]["resourceFieldRef"]
+    assert ref == {"containerName": "web", "resource": "limits.cpu", "divisor": "1"}
+    assert "NGINX_WORKER_PROCESSES" in template_variables()
+    assert "worker_processes ${NGINX_WORKER_PROCESSES};" in (ROOT / "nginx/templates/worker-processes.main.template").read_text()
+
+
 def test_web_listens_where_compose_publishes_it(rendered):
     container = rendered.container("Deployment", "web")
     port = port_by_name(container, "http")

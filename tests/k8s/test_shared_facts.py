@@ -1,0 +1,44 @@
+"""Facts that several deployment files state, each in its own syntax: where one file cannot
+name another's value, a test holds them together."""
+
+from __future__ import annotations
+
+import re
+
+from manifests import ROOT, render
+from test_compose_agreement import API_SERVICE, COMPOSE, template_variables
+
+
+def seconds(duration: str) -> int:
+    """A compose duration ("30s", "1m") in seconds."""
+    match = re.fullmatch(r"(\d+)([sm])", duration)
+    assert match, duration
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_the_web_content_label_is_the_one_the_deploy_reads():
+    dockerfile = (ROOT / "docker/web.Dockerfile").read_text()
+    (label,) = re.findall(r"([\w.-]+\.web-content)=", dockerfile)
+    deploy = (ROOT / "scripts/lib/deploy-compose.sh").read_text()
+    assert re.findall(r'Labels "([^"]+)"', deploy) == [label]
+
+
+def test_the_nginx_exporter_scrapes_where_stub_status_listens():
+    (argument,) = COMPOSE["services"]["nginx-exporter"]["command"]
+    assert COMPOSE["services"]["nginx-exporter"]["network_mode"] == "service:web"
+    assert argument == f"--nginx.scrape-uri=http://{template_variables()['STATUS_LISTEN']}/stub_status"
+
+
+def test_the_stop_grace_outlasts_the_api_shutdown_grace_and_the_pre_stop_pause():
+    shutdown = int(re.search(r"SHUTDOWN_GRACE_SECS:-(\d+)", API_SERVICE["environment"]["SHUTDOWN_GRACE_SECS"]).group(1))
+    default = int(re.search(r'env = "SHUTDOWN_GRACE_SECS", default_value_t = (\d+)',
+                            (ROOT / "api/src/config.rs").read_text()).group(1))
+    assert shutdown == default
+    assert seconds(API_SERVICE["stop_grace_period"]) > shutdown
+    for overlay in ("local", "production"):
+        rendered = render(overlay)
+        pod = rendered.get("Deployment", "api")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        grace = int(rendered.environment(container).get("SHUTDOWN_GRACE_SECS", default))
+        assert pod["terminationGracePeriodSeconds"] > pause + grace, overlay
