@@ -42,3 +42,15 @@ def test_the_stop_grace_outlasts_the_api_shutdown_grace_and_the_pre_stop_pause()
         pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
         grace = int(rendered.environment(container).get("SHUTDOWN_GRACE_SECS", default))
         assert pod["terminationGracePeriodSeconds"] > pause + grace, overlay
+
+
+def test_nginx_waits_longer_than_the_api_limit_and_the_runbook_says_how_long():
+    template = (ROOT / "nginx/templates/default.conf.template").read_text()
+    # The first one is the API's; the live stream's own comes later, in its location.
+    proxy = int(re.search(r"proxy_read_timeout (\d+)s;", template).group(1))
+    limit = int(re.search(r'env = "REQUEST_TIMEOUT_SECS", default_value_t = (\d+)',
+                          (ROOT / "api/src/config.rs").read_text()).group(1))
+    assert proxy > limit
+    runbook = (ROOT / "docs/deployment.md").read_text()
+    assert re.findall(r"nginx's (\d+) s `proxy_read_timeout`", runbook) == [str(proxy)]
+    assert f"answers 503 after {limit} s" in runbook
