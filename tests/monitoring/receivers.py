@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,11 +15,13 @@ from aiosmtpd.controller import Controller
 
 @dataclass
 class Notification:
-    """One notification as a person reads it: its title and its text."""
+    """One notification as a person reads it: its title and its text, and when it arrived
+    (time.monotonic())."""
 
     via: str
     title: str
     text: str
+    at: float
 
 
 class SmtpReceiver:
@@ -34,13 +37,13 @@ class SmtpReceiver:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         body = message.get_body(preferencelist=("plain",))
         with self._lock:
-            self.mails.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
+            self.mails.append({"at": time.monotonic(), "from": envelope.mail_from, "to": list(envelope.rcpt_tos),
                                "subject": str(message["Subject"]), "text": body.get_content() if body else ""})
         return "250 Message accepted for delivery"
 
     def notifications(self):
         with self._lock:
-            return [Notification("email", m["subject"], m["text"]) for m in self.mails]
+            return [Notification("email", m["subject"], m["text"], m["at"]) for m in self.mails]
 
     def start(self):
         self.controller.start()
@@ -62,7 +65,7 @@ class WebhookReceiver:
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with lock:
-                    posts.append({"path": self.path, "content_type": self.headers["Content-Type"],
+                    posts.append({"at": time.monotonic(), "path": self.path, "content_type": self.headers["Content-Type"],
                                   "body": json.loads(body)})
                 self.send_response(200)
                 self.end_headers()
@@ -77,7 +80,7 @@ class WebhookReceiver:
 
     def notifications(self):
         with self._lock:
-            return [Notification("webhook", a["title"], a["text"])
+            return [Notification("webhook", a["title"], a["text"], post["at"])
                     for post in self.posts for a in post["body"].get("attachments", [])]
 
     def start(self):

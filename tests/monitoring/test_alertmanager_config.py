@@ -2,12 +2,13 @@
 settings: the routes (checked by amtool itself), the secrets kept in files, and a clear
 refusal of settings that cannot work. Delivery itself is tested end to end in test_stack."""
 
+import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from conftest import DASHBOARD_BASE_URL, RUNBOOK_BASE_URL, render_alertmanager
+from conftest import DASHBOARD_BASE_URL, RENDER_ALERTMANAGER, RUNBOOK_BASE_URL, render_alertmanager
 
 SMTP_PASSWORD = "the SMTP password, only in its file"
 WEBHOOK_URL = "https://chat.example.org/hooks/the-channel-credential"
@@ -109,3 +110,19 @@ def test_settings_that_cannot_work_are_refused_and_nothing_is_written(tmp_path, 
     result = render_alertmanager(tmp_path / "out", {**settings, **change})
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_busybox_alone_renders_the_same_files_as_in_the_alertmanager_image(tmp_path, settings):
+    # The prom/alertmanager image has busybox and nothing else: its sh and awk, with no
+    # other command on the PATH, must write what the host's tools write.
+    busybox = shutil.which("busybox")
+    bin_dir = tmp_path / "busybox-bin"
+    bin_dir.mkdir()
+    for applet in subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split():
+        (bin_dir / applet).symlink_to(busybox)
+    result = subprocess.run([str(bin_dir / "sh"), str(RENDER_ALERTMANAGER), str(tmp_path / "busybox")],
+                            env={"PATH": str(bin_dir), **settings}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rendered(tmp_path / "host", settings)
+    for name in ("alertmanager.yml", "messages.tmpl"):
+        assert (tmp_path / "busybox" / name).read_text() == (tmp_path / "host" / name).read_text(), name
