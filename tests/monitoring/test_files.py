@@ -104,3 +104,21 @@ def test_monitoring_profile_publishes_only_grafana():
     assert [name for name, s in monitoring.items() if s.get("ports")] == ["grafana"]
     for name, service in monitoring.items():
         assert "backend" in service.get("networks", []) or service.get("network_mode") == "service:web", name
+
+
+def test_scripts_remote_ships_every_folder_the_compose_services_mount():
+    # The host gets only the delivery files scripts/remote copies; a bind mount of anything
+    # else (monitoring/ for Prometheus, Alertmanager and Grafana) would be an empty folder.
+    shipped = set(re.search(r"^delivery_files=\(([^)]*)\)", (ROOT / "scripts/remote").read_text(),
+                            re.MULTILINE).group(1).split())
+    mounted = set()
+    services = [s for name in ("docker-compose.yml", "docker-compose.prod.yml")
+                for s in yaml.safe_load((ROOT / name).read_text())["services"].values()]
+    for service in services:
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                mounted.add(source[2:].split("/")[0])
+    # The host's own state (prepare-host makes them), not delivery files.
+    mounted -= {"db-data", "backups", ".deploy"}
+    assert "monitoring" in mounted and mounted <= shipped, f"mounted, not shipped: {sorted(mounted - shipped)}"
