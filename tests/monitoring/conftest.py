@@ -1,8 +1,10 @@
 """Fixtures of the monitoring tests: the shipped monitoring files, and for the end-to-end
 tests a real stack on local ports — a throwaway MariaDB, the API binary, the project's nginx
 config, Debian's prometheus-nginx-exporter and prometheus-mysqld-exporter, Alertmanager,
-a Pushgateway (Debian's prometheus-pushgateway) for the backup job, and Prometheus running
-the shipped config with local targets and short intervals.
+a Pushgateway (Debian's prometheus-pushgateway) for the backup job, Prometheus running
+the shipped config with local targets and short intervals, and Alertmanager configured by
+monitoring/alertmanager/render to deliver to a local SMTP server and webhook listener
+(receivers.py).
 
 Environment: API_BIN (the API binary, built beforehand; default target/debug/messages-api).
 """
@@ -25,16 +27,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import harness  # noqa: E402
 from client import request  # noqa: E402
 from harness import ROOT, eventually, free_port  # noqa: E402
+from receivers import SmtpReceiver, WebhookReceiver  # noqa: E402
 
 MONITORING = ROOT / "monitoring"
 PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 RULES = MONITORING / "prometheus" / "rules.yml"
-ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
+RENDER_ALERTMANAGER = MONITORING / "alertmanager" / "render"
 
 # The test Prometheus scrapes and evaluates every second, so alerts fire within their
 # `for:` plus a few seconds.
 SCRAPE_INTERVAL = 1
 EVALUATION_INTERVAL = 1
+# Alertmanager's timings for the tests: a notification leaves a second after its alert
+# arrives, a resolution at the next flush a second later.
+ALERT_TIMINGS = {"ALERT_GROUP_WAIT": "1s", "ALERT_CRITICAL_GROUP_WAIT": "1s", "ALERT_GROUP_INTERVAL": "1s"}
+# The bases of the messages' links, as an operator would set them.
+RUNBOOK_BASE_URL = "https://git.example.org/messages/blob/main"
+DASHBOARD_BASE_URL = "https://grafana.example.org"
+
+
+def render_alertmanager(out_dir, settings):
+    """Runs monitoring/alertmanager/render with exactly `settings` (and PATH) as its
+    environment; returns the finished process."""
+    env = {"PATH": os.environ["PATH"], **settings}
+    return subprocess.run([str(RENDER_ALERTMANAGER), str(out_dir)], env=env, capture_output=True, text=True)
 
 
 class Process:
@@ -181,9 +197,22 @@ def stack(run_dir, api_bin):
             "prometheus-mysqld-exporter", f"--web.listen-address=127.0.0.1:{mysqld_exporter_port}"], run_dir,
             env={**os.environ, "DATA_SOURCE_NAME": f"messages:messages@(127.0.0.1:{db.port})/"}))
 
+        smtp = SmtpReceiver(free_port()).start()
+        started.append(smtp)
+        webhook = WebhookReceiver(free_port()).start()
+        started.append(webhook)
+        webhook_url_file = run_dir / "alert_webhook_url"
+        webhook_url_file.write_text(webhook.url + "\n")
+        rendered = render_alertmanager(run_dir / "alertmanager-config", {
+            "ALERT_EMAIL_TO": "oncall@example.org", "ALERT_EMAIL_FROM": "alertmanager@example.org",
+            "ALERT_SMTP_SMARTHOST": smtp.smarthost, "ALERT_SMTP_REQUIRE_TLS": "false",
+            "ALERT_WEBHOOK_URL_FILE": str(webhook_url_file),
+            "ALERT_RUNBOOK_BASE_URL": RUNBOOK_BASE_URL, "ALERT_DASHBOARD_BASE_URL": DASHBOARD_BASE_URL,
+            **ALERT_TIMINGS})
+        assert rendered.returncode == 0, rendered.stderr
         alertmanager_port = free_port()
         start(Process("alertmanager", [
-            "prometheus-alertmanager", f"--config.file={ALERTMANAGER_CONFIG}",
+            "prometheus-alertmanager", f"--config.file={run_dir}/alertmanager-config/alertmanager.yml",
             f"--storage.path={run_dir}/alertmanager", f"--web.listen-address=127.0.0.1:{alertmanager_port}",
             "--cluster.listen-address="], run_dir))
 
@@ -214,7 +243,8 @@ def stack(run_dir, api_bin):
 
         yield Stack(db=db, api=api, api_url=api_url, nginx_url=f"http://127.0.0.1:{nginx_port}",
                     nginx_prefix=nginx_prefix, prometheus=prometheus, pushgateway_url=pushgateway_url,
-                    alertmanager_url=f"http://127.0.0.1:{alertmanager_port}", config=config)
+                    alertmanager_url=f"http://127.0.0.1:{alertmanager_port}", config=config,
+                    smtp=smtp, webhook=webhook)
     finally:
         for process in reversed(started):
             process.stop()

@@ -1,7 +1,8 @@
 """End to end: a real Prometheus, with the shipped config and rules, scrapes the real API,
 nginx (through prometheus-nginx-exporter) and MariaDB (through prometheus-mysqld-exporter),
-and sends its alerts to a real Alertmanager with the shipped config. The tests run in
-order on one stack: database outage, recovery, dashboard data, then the API stopped."""
+and sends its alerts to a real Alertmanager with the shipped config, rendered to deliver to
+a real SMTP server and a real webhook listener. The tests run in order on one stack:
+database outage, recovery, dashboard data, then the API stopped."""
 
 import json
 import re
@@ -12,7 +13,7 @@ import urllib.request
 import pytest
 import yaml
 from client import request
-from conftest import EVALUATION_INTERVAL, MONITORING, RULES, SCRAPE_INTERVAL
+from conftest import DASHBOARD_BASE_URL, EVALUATION_INTERVAL, MONITORING, RULES, RUNBOOK_BASE_URL, SCRAPE_INTERVAL
 from harness import eventually
 from load import Clients
 
@@ -39,6 +40,19 @@ def alertmanager_alerts(stack, name):
     with urllib.request.urlopen(f"{stack.alertmanager_url}/api/v2/alerts?filter=alertname%3D{name}",
                                 timeout=10) as response:
         return json.load(response)
+
+
+def delivered(stack, status, alertname):
+    """The notifications about `alertname` in `status` (FIRING or RESOLVED), once both the
+    email and the webhook have one; None before."""
+    found = [n for n in stack.smtp.notifications() + stack.webhook.notifications()
+             if n.title.startswith(f"[{status}") and f"] {alertname} (" in n.title]
+    return found if {n.via for n in found} == {"email", "webhook"} else None
+
+
+def assert_links(notification, alertname):
+    assert f"Runbook: {RUNBOOK_BASE_URL}/docs/monitoring.md#{alertname.lower()}" in notification.text, notification
+    assert f"Dashboard: {DASHBOARD_BASE_URL}/d/{dashboard.dashboard()['uid']}" in notification.text, notification
 
 
 def test_prometheus_scrapes_every_job_of_the_shipped_config(stack):
@@ -78,6 +92,20 @@ def test_database_outage_fires_database_down_and_the_error_ratio_alert(stack):
     assert error_ratio[0]["status"]["state"] == "suppressed"
     assert error_ratio[0]["status"]["inhibitedBy"]
 
+    # The page reaches a person, by email and by the webhook, with the summary and links.
+    page = eventually(lambda: delivered(stack, "FIRING", "DatabaseDown"), 15, "the DatabaseDown email and webhook")
+    print(f"DatabaseDown delivered by email and webhook {max(n.at for n in page) - stopped:.1f}s after the database stopped")
+    for notification in page:
+        assert "The database is unreachable" in notification.text
+        assert_links(notification, "DatabaseDown")
+    assert {tuple(m["to"]) for m in stack.smtp.mails} == {("oncall@example.org",)}
+    assert {p["path"] for p in stack.webhook.posts} == {"/hooks/messages-alerts"}
+    # Its symptoms do not: a few group intervals after HighErrorRatio reached Alertmanager,
+    # nothing labelled as the database's symptom was sent.
+    time.sleep(3)
+    sent = stack.smtp.notifications() + stack.webhook.notifications()
+    assert not [n for n in sent if "symptom_of=database" in n.text or "HighErrorRatio" in n.title], sent
+
 
 def test_database_down_resolves_when_the_database_is_back(stack):
     stack.db.start()
@@ -85,6 +113,11 @@ def test_database_down_resolves_when_the_database_is_back(stack):
     eventually(lambda: not stack.prometheus.alerts("DatabaseDown", state=None),
                2 * SCRAPE_INTERVAL + 2 * EVALUATION_INTERVAL + 5, "DatabaseDown to resolve", interval=0.5)
     print(f"DatabaseDown resolved {time.monotonic() - started:.1f}s after the database started")
+    resolution = eventually(lambda: delivered(stack, "RESOLVED", "DatabaseDown"), 15,
+                            "the DatabaseDown resolution by email and webhook")
+    print(f"DatabaseDown's resolution delivered {max(n.at for n in resolution) - started:.1f}s after the database started")
+    for notification in resolution:
+        assert_links(notification, "DatabaseDown")
     eventually(lambda: request("GET", f"{stack.nginx_url}/api/messages").status == 200, 30, "the API to read again")
 
 

@@ -128,15 +128,22 @@ def test_secrets_are_generated_once_as_the_compose_file_names_them(prepared_host
     compose = (REPO / "docker-compose.prod.yml").read_text()
     named = sorted(re.findall(r"file: \./secrets/(\w+)", compose))
     present = sorted(p.name for p in prepared_host.path("/srv/messages/secrets").iterdir())
-    assert present == named == ["admin_token", "db_password", "db_root_password", "token_sealing_key"]
+    generated = ["admin_token", "db_password", "db_root_password", "token_sealing_key"]
+    # Alertmanager's: the operator fills them; empty, their integration stays off.
+    given = ["alert_smtp_password", "alert_webhook_url"]
+    assert present == named == sorted(generated + given)
+    for name in given:
+        path = f"/srv/messages/secrets/{name}"
+        assert owner_mode(prepared_host, path) == (int(uid), int(gid), 0o644)
+        assert prepared_host.path(path).read_text() == ""
     values = set()
-    for name in named:
+    for name in generated:
         path = f"/srv/messages/secrets/{name}"
         assert owner_mode(prepared_host, path) == (int(uid), int(gid), 0o444)
         value = prepared_host.path(path).read_text()
         assert re.fullmatch(r"[0-9a-f]{64}", value), f"{name}: {value!r}"
         values.add(value)
-    assert len(values) == len(named), "each secret is its own random value"
+    assert len(values) == len(generated), "each secret is its own random value"
 
 
 def test_second_run_changes_nothing(prepared_host):
@@ -164,6 +171,27 @@ def test_refuses_bad_arguments_before_touching_anything(tmp_path):
         assert (result.returncode, message in result.stderr) == (2, True), (args, result.stderr)
     result = run(script, "--ssh-key", JENKINS_KEY, check=False, env={"DOCKER_SOURCE": "snap", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and "DOCKER_SOURCE must be" in result.stderr
+
+
+def test_monitoring_turns_the_profile_on_and_points_the_backup_at_the_pushgateway(prepared_host):
+    """After the runs above: prepare-host again with --monitoring, twice."""
+    command = prepared_host.path("/var/tmp/prepare-host-again").read_text().strip() + " --monitoring"
+    prepared_host.path("/var/tmp/prepare-host-monitoring").write_text(command + "\n")
+    (first, _), (second, after_second) = run_in_root(
+        prepared_host.root, "/var/tmp/prepare-host-monitoring", "/var/tmp/prepare-host-monitoring")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert [line for line in first.stdout.splitlines() if CHANGE_LINE.match(line)] == [
+        "prepare-host: setting COMPOSE_PROFILES=monitoring in /srv/messages/.env",
+        "prepare-host: setting BACKUP_PUSHGATEWAY_URL=http://pushgateway:9091 in /srv/messages/.env",
+    ], first.stdout
+    assert CHANGE_LINE.findall(second.stdout) == [], second.stdout
+    # .env has no ALERT_* yet: said, not failed.
+    assert "set ALERT_EMAIL_TO ALERT_EMAIL_FROM" in second.stderr
+    settings = prepared_host.path("/srv/messages/.env").read_text().splitlines()
+    assert "COMPOSE_PROFILES=monitoring" in settings
+    # The compose service the backup job reaches.
+    assert "BACKUP_PUSHGATEWAY_URL=http://pushgateway:9091" in settings
+    assert "pushgateway" in yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
 
 
 def test_user_data_reports_a_failed_preparation_to_the_stack(prepared_host, template):
