@@ -54,3 +54,13 @@ def test_nginx_waits_longer_than_the_api_limit_and_the_runbook_says_how_long():
     runbook = (ROOT / "docs/deployment.md").read_text()
     assert re.findall(r"nginx's (\d+) s `proxy_read_timeout`", runbook) == [str(proxy)]
     assert f"answers 503 after {limit} s" in runbook
+
+
+def test_backup_too_old_waits_longer_than_the_backup_interval():
+    prod = (ROOT / "docker-compose.prod.yml").read_text()
+    interval = re.search(r'"--every", "\$\{BACKUP_INTERVAL:-(\d+)h\}"', prod).group(1)
+    assert re.search(rf"^# BACKUP_INTERVAL={interval}h$", (ROOT / ".env.example").read_text(), re.MULTILINE)
+    rules = (ROOT / "monitoring/prometheus/rules.yml").read_text()
+    hours = re.search(r"messages_backup_last_success_timestamp_seconds\{[^}]*\} > (\d+) \* 3600", rules).group(1)
+    # One missed run is the alarm; a run that merely takes its time is not.
+    assert int(interval) < int(hours) < 2 * int(interval)
