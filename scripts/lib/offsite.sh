@@ -52,6 +52,7 @@ offsite_verify() {
         echo "s3://$OFFSITE_BUCKET/$key does not match: S3 holds size and SHA-256 '${stored//$'\t'/ }', expected '$size $sha'" >&2
         return 1
     fi
+    echo "verified s3://$OFFSITE_BUCKET/$key: $size bytes, SHA-256 $sha"
 }
 
 # offsite_upload FILE NAME: FILE to PREFIX/NAME, then checks that S3 holds its size and
@@ -63,8 +64,7 @@ offsite_upload() {
     echo "uploading $file to s3://$OFFSITE_BUCKET/$key"
     offsite_aws s3api put-object --bucket "$OFFSITE_BUCKET" --key "$key" --body "$file" \
         --checksum-algorithm SHA256 >/dev/null || return 1
-    offsite_verify "$key" "$size" "$sha" || return 1
-    echo "verified s3://$OFFSITE_BUCKET/$key: $size bytes, SHA-256 $sha"
+    offsite_verify "$key" "$size" "$sha"
 }
 
 # offsite_list DIR: the names under PREFIX/DIR/, one per line, sorted.

@@ -185,10 +185,11 @@ def test_restore_takes_a_dump_from_s3(uploaded, host):
     _, file, at_backup, _ = uploaded
     post_message(host.url, "written after the uploaded backup")
 
-    restore = host.script("restore", f"s3://{BUCKET}/{host.prefix}/dumps/{file.name}")
+    key = f"{host.prefix}/dumps/{file.name}"
+    restore = host.script("restore", f"s3://{BUCKET}/{key}")
 
     assert restore.returncode == 0, restore
-    assert "verified" in restore.output, restore
+    assert f"verified s3://{BUCKET}/{key}: {file.stat().st_size} bytes" in restore.output, restore
     assert messages(host) == at_backup
     assert not list((host.dir / "backups").glob(".restore.*")), "the download is removed"
 
