@@ -117,7 +117,8 @@ def test_instance_attaches_its_own_data_volume_at_boot_and_may_attach_nothing_el
     resources = template["Resources"]
     assert not [name for name, r in resources.items() if r["Type"] == "AWS::EC2::VolumeAttachment"]
     assert "--data-volume '${DataVolume}'" in user_data(template)
-    (policy,) = resources["InstanceRole"]["Properties"]["Policies"]
+    (policy,) = [p for p in resources["InstanceRole"]["Properties"]["Policies"]
+                 if p["PolicyName"] == "attach-the-data-volume"]
     statements = policy["PolicyDocument"]["Statement"]
     assert {s["Effect"] for s in statements} == {"Allow"}
     assert {s["Action"] for s in statements} == {"ec2:AttachVolume"}
