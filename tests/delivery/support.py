@@ -184,7 +184,9 @@ class MariaDB:
         self.process = subprocess.Popen(
             ["/usr/sbin/mariadbd", "--no-defaults", *user, f"--datadir={self.directory}/data",
              f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
-             "--skip-name-resolve", f"--log-error={self.directory}/error.log", "--max-connections=500"],
+             "--skip-name-resolve", f"--log-error={self.directory}/error.log", "--max-connections=500",
+             # Binary logs, for scripts/archive-binlogs and scripts/restore --to.
+             "--log-bin=binlog", "--server-id=1"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         eventually(self._ready, 60, f"MariaDB on port {self.port} (log: {self.directory}/error.log)")

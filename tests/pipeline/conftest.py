@@ -36,6 +36,8 @@ ECR_REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
 WAIT_HANDLE_URL = "https://cloudformation-waitcondition.test/signal"
 DATA_VOLUME = "vol-0123456789abcdef0"
 REGION = "eu-west-1"
+STACK_NAME = "messages-host"
+BACKUP_BUCKET = "messages-host-backupbucket-1a2b3c4d5e6f"
 INSTANCE_ID = "i-0fedcba9876543210"
 DATA_DIR = "/srv/messages"
 
@@ -281,6 +283,8 @@ def user_data_values(template: dict) -> dict:
         "HostReadyHandle": WAIT_HANDLE_URL,
         "DataVolume": DATA_VOLUME,
         "AWS::Region": REGION,
+        "BackupBucket": BACKUP_BUCKET,
+        "AWS::StackName": STACK_NAME,
     }
 
 

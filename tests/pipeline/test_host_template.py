@@ -42,13 +42,13 @@ def test_instance_requires_imdsv2_and_an_encrypted_gp3_root_volume(template):
     assert instance["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": "LaunchTemplate"}
 
 
-def test_instance_role_may_only_read_from_ecr_and_attach_its_data_volume(template):
+def test_instance_role_may_only_read_from_ecr_attach_its_data_volume_and_keep_its_backups(template):
     role = template["Resources"]["InstanceRole"]["Properties"]
     assert role["ManagedPolicyArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"}
     ]
-    # What the attach policy allows is pinned by the data volume's test below.
-    assert [p["PolicyName"] for p in role["Policies"]] == ["attach-the-data-volume"]
+    # What each policy allows is pinned by the data volume's and the backup bucket's tests below.
+    assert [p["PolicyName"] for p in role["Policies"]] == ["attach-the-data-volume", "backups-under-the-stacks-prefix"]
     profile = template["Resources"]["InstanceProfile"]["Properties"]
     assert profile["Roles"] == [{"Ref": "InstanceRole"}]
     assert template["Resources"]["Instance"]["Properties"]["IamInstanceProfile"] == {"Ref": "InstanceProfile"}
@@ -117,7 +117,8 @@ def test_instance_attaches_its_own_data_volume_at_boot_and_may_attach_nothing_el
     resources = template["Resources"]
     assert not [name for name, r in resources.items() if r["Type"] == "AWS::EC2::VolumeAttachment"]
     assert "--data-volume '${DataVolume}'" in user_data(template)
-    (policy,) = resources["InstanceRole"]["Properties"]["Policies"]
+    (policy,) = [p for p in resources["InstanceRole"]["Properties"]["Policies"]
+                 if p["PolicyName"] == "attach-the-data-volume"]
     statements = policy["PolicyDocument"]["Statement"]
     assert {s["Effect"] for s in statements} == {"Allow"}
     assert {s["Action"] for s in statements} == {"ec2:AttachVolume"}
@@ -165,3 +166,47 @@ def test_no_data_path_is_left_on_the_root_volume(template):
     assert writable == {"db": ["db-data"], "backup": ["backups"]}
     assert sorted(s["file"].removeprefix(project) for s in config["secrets"].values()) == [
         "secrets/admin_token", "secrets/db_password", "secrets/db_root_password", "secrets/token_sealing_key"]
+
+
+def test_backup_bucket_is_versioned_encrypted_private_tls_only_expiring_and_kept(template):
+    bucket = template["Resources"]["BackupBucket"]
+    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    properties = bucket["Properties"]
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    (encryption,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert properties["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    (rule,) = properties["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled"
+    assert rule["ExpirationInDays"] == rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == {
+        "Ref": "BackupRetentionDays"}
+    assert template["Parameters"]["BackupRetentionDays"]["Default"] == 35
+    policy = template["Resources"]["BackupBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "BackupBucket"}
+    (deny,) = policy["PolicyDocument"]["Statement"]
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [{"Fn::GetAtt": ["BackupBucket", "Arn"]}, {"Fn::Sub": "${BackupBucket.Arn}/*"}]
+
+
+def test_instance_may_put_get_and_list_only_under_the_stacks_prefix_and_delete_nothing(template):
+    (policy,) = [p for p in template["Resources"]["InstanceRole"]["Properties"]["Policies"]
+                 if p["PolicyName"] == "backups-under-the-stacks-prefix"]
+    statements = policy["PolicyDocument"]["Statement"]
+    assert all(s["Effect"] == "Allow" for s in statements)
+    granted = {(action, json.dumps(s["Resource"]), json.dumps(s.get("Condition"))) for s in statements
+               for action in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+    assert granted == {
+        ("s3:PutObject", '{"Fn::Sub": "${BackupBucket.Arn}/${AWS::StackName}/*"}', "null"),
+        ("s3:GetObject", '{"Fn::Sub": "${BackupBucket.Arn}/${AWS::StackName}/*"}', "null"),
+        ("s3:ListBucket", '{"Fn::GetAtt": ["BackupBucket", "Arn"]}',
+         '{"StringLike": {"s3:prefix": {"Fn::Sub": "${AWS::StackName}/*"}}}'),
+    }
+
+
+def test_the_host_is_told_its_backup_location_and_the_stack_outputs_it(template):
+    body = template["Resources"]["Instance"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
+    location = "s3://${BackupBucket}/${AWS::StackName}"
+    assert f"--backup-s3-uri '{location}'" in body
+    assert template["Outputs"]["BackupS3Uri"]["Value"] == {"Fn::Sub": location}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (DATA_DIR, DATA_VOLUME, ECR_REGISTRY, INSTANCE_ID, JENKINS_KEY, REGION, REPO, WAIT_HANDLE_URL,
-                      chroot_script, listing, log, make_root, render_user_data, run, run_in_root, unmount_data)
+from conftest import (BACKUP_BUCKET, DATA_DIR, DATA_VOLUME, ECR_REGISTRY, INSTANCE_ID, JENKINS_KEY, REGION, REPO, STACK_NAME,
+                      WAIT_HANDLE_URL, chroot_script, listing, log, make_root, render_user_data, run, run_in_root, unmount_data)
 
 CHANGE_LINE = re.compile(r"^prepare-host: (?!.* is ready for )", re.MULTILINE)
 
@@ -120,6 +120,7 @@ def test_env_file_holds_the_stack_settings_and_no_password(prepared_host):
         "MYSQL_USER": "messages",
         "BACKUP_UID": uid,
         "BACKUP_GID": gid,
+        "BACKUP_S3_URI": f"s3://{BACKUP_BUCKET}/{STACK_NAME}",
     }
 
 
@@ -165,6 +166,8 @@ def test_refuses_bad_arguments_before_touching_anything(tmp_path):
         (["--ssh-key", JENKINS_KEY, "--dir", "srv/messages"], "not an absolute folder"),
         (["--ssh-key", JENKINS_KEY, "--data-volume", "/dev/nvme1n1"], "not an EBS volume id"),
         (["--ssh-key", JENKINS_KEY, "--data-volume", DATA_VOLUME, "--data-device", "/dev/nvme1n1"], "not both"),
+        (["--ssh-key", JENKINS_KEY, "--backup-s3-uri", "https://bucket/prefix"], "not an S3 location"),
+        (["--ssh-key", JENKINS_KEY, "--backup-s3-uri", "s3://bucket/a|b"], "not an S3 location"),
     ]
     for args, message in cases:
         result = run(script, *args, check=False)
