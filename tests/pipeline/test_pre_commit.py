@@ -57,6 +57,7 @@ def test_every_hook_passes_on_a_clean_checkout(checkout):
 def test_the_installed_hook_refuses_a_commit_of_a_bad_file(checkout):
     root, git, hooks = checkout
     hooks("install", check=True)
+    clean = git("rev-parse", "HEAD").stdout
     bad = root / "k8s/overlays/local/patch.yaml"
     bad.write_text(textwrap.dedent("""\
         kind: ConfigMap
@@ -70,7 +71,7 @@ def test_the_installed_hook_refuses_a_commit_of_a_bad_file(checkout):
     assert any(line.startswith("YAML syntax") and line.endswith("Failed") for line in output.splitlines()), output
     assert "patch.yaml" in output
     # Nothing was committed: HEAD is still the clean commit.
-    assert git("rev-parse", "HEAD").stdout == run("git", "-C", str(REPO), "rev-parse", "HEAD").stdout
+    assert git("rev-parse", "HEAD").stdout == clean
 
 
 def test_the_whitespace_fixers_fail_and_fix_the_file(checkout):
