@@ -37,7 +37,7 @@ openapi: ## Regenerate the committed OpenAPI document from the code
 	scripts/build --quiet
 	target/debug/messages-api openapi > openapi/openapi.json
 
-lint: ## Formatting and clippy only
+lint: ## The pre-commit hooks on every file: fmt, clippy, shellcheck, hadolint, YAML/JSON, whitespace, OpenAPI drift, secrets
 	scripts/lint
 
 fmt: ## Format the code

@@ -3,7 +3,9 @@
 # Stages: chef (toolchain + cargo-chef) -> planner (dependency recipe) -> builder (dependencies
 # cooked in their own layer, then the crate) -> runtime (Debian slim, the binary and the
 # libraries it links). Editing api/src reruns only the final copy and `cargo build`: the
-# compiled dependencies stay cached.
+# compiled dependencies stay cached. The binary is built with cargo-auditable, which embeds
+# its dependency list (crate names and versions) in the binary, so image scanners see the
+# crates (scripts/sbom-images, scripts/scan-images).
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -13,7 +15,8 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS chef
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libmariadb-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
-RUN cargo install cargo-chef --locked --version 0.1.78
+RUN cargo install cargo-chef --locked --version 0.1.78 \
+    && cargo install cargo-auditable --locked --version 0.7.7
 WORKDIR /src
 
 FROM chef AS planner
@@ -32,7 +35,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY api/ api/
 COPY bench/fanout/ bench/fanout/
 COPY migrations/ migrations/
-RUN cargo build --release --locked -p messages-api \
+RUN cargo auditable build --release --locked -p messages-api \
     && cp target/release/messages-api /usr/local/bin/messages-api
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime

@@ -33,6 +33,9 @@ COPY docker/web/15-api-upstream.envsh /docker-entrypoint.d/
 COPY docker/web/nginx-reload /usr/local/bin/
 COPY web/ /usr/share/nginx/html/
 
+# The base image's nginx user already; said here so the image runs unprivileged whatever
+# the base image leaves as its user, which is why it listens on 8080 and not on 80.
+USER 101
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/"]

@@ -1,6 +1,11 @@
 """The two images as scripts/images builds them."""
 
 import json
+import subprocess
+
+import pytest
+
+from engine import ROOT
 
 API_SIZE_LIMIT_MB = 120
 
@@ -52,3 +57,64 @@ def test_the_web_image_renders_its_template_with_the_defaults(engine, images):
     assert "server 127.0.0.1:9" in rendered
     assert "client_max_body_size 65536" in rendered
     assert "${" not in rendered.split("syntax is ok", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def saved_images(engine, images, tmp_path_factory) -> dict:
+    """Both v1 images as `docker save` archives, which Trivy reads without an engine."""
+    folder = tmp_path_factory.mktemp("saved-images")
+    saved = {}
+    for name in ("api", "web"):
+        saved[name] = folder / f"messages-{name}.tar"
+        engine.docker("save", "-o", str(saved[name]), f"{images['registry']}/messages-{name}:v1")
+    return saved
+
+
+def api_crates_in_cargo_lock() -> tuple[set, set]:
+    """(name, version) of the API's crates as Cargo.lock pins them, on this platform: those
+    whose code is linked into the binary (the API and its normal dependencies, not through
+    a proc-macro crate), and those plus the proc-macro crates and what they use, which run
+    while it is compiled. Dev- and build-dependencies are in neither."""
+    metadata = json.loads(subprocess.run(
+        ["cargo", "metadata", "--locked", "--format-version", "1", "--filter-platform", "x86_64-unknown-linux-gnu"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    packages = {p["id"]: p for p in metadata["packages"]}
+    nodes = {n["id"]: n for n in metadata["resolve"]["nodes"]}
+    root = next(p["id"] for p in metadata["packages"] if p["name"] == "messages-api")
+
+    def closure(through_proc_macros: bool) -> set:
+        seen, todo = {root}, [root]
+        while todo:
+            for dep in nodes[todo.pop()]["deps"]:
+                if dep["pkg"] in seen or not any(kind["kind"] is None for kind in dep["dep_kinds"]):
+                    continue
+                proc_macro = any("proc-macro" in t["kind"] for t in packages[dep["pkg"]]["targets"])
+                if through_proc_macros or not proc_macro:
+                    seen.add(dep["pkg"])
+                    todo.append(dep["pkg"])
+        return {(packages[i]["name"], packages[i]["version"]) for i in seen}
+
+    return closure(False), closure(True)
+
+
+def test_the_api_image_sbom_lists_the_crates_of_cargo_lock(engine, saved_images, tmp_path):
+    """The binary is built with cargo-auditable, so Trivy's SBOM of the image (scripts/
+    sbom-images) names each crate linked into it with the version Cargo.lock pins, and no
+    crate the API does not use. (Some proc-macro crates are listed too, some not, as
+    cargo-auditable records them.)"""
+    reports = tmp_path / "reports"
+    result = subprocess.run([str(ROOT / "scripts/sbom-images"), str(saved_images["api"])], cwd=ROOT,
+                            env={**engine.env, "REPORTS_DIR": str(reports)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sbom = json.loads((reports / "sbom/messages-api.cdx.json").read_text())
+    crates = {(c["name"], c["version"]) for c in sbom["components"] if c.get("purl", "").startswith("pkg:cargo/")}
+    linked, compiled = api_crates_in_cargo_lock()
+    assert len(linked) > 100
+    assert sorted(linked - crates) == [], "linked into the API (Cargo.lock), missing from the image's SBOM"
+    assert sorted(crates - compiled) == [], "in the image's SBOM, not among the API's crates in Cargo.lock"
+
+
+def test_neither_image_holds_a_secret(engine, saved_images):
+    result = subprocess.run([str(ROOT / "scripts/scan-secrets"), "--images", *map(str, saved_images.values())],
+                            cwd=ROOT, env=engine.env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

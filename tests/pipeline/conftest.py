@@ -8,6 +8,8 @@ A loop device (`data_disk`) plays the stack's data volume: the user-data's AWS C
 attaches the volume makes it appear where udev names an EBS volume on a Nitro instance.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -78,8 +80,31 @@ def render_user_data(template: dict, values: dict) -> str:
     return re.sub(r"\$\{([^}!]+)\}", lambda m: values[m.group(1)], body)
 
 
+@contextlib.contextmanager
+def cache_lock():
+    """Holds the cache for this run alone: runs on one machine share it (the Debian root is
+    made once; apt in each root takes the lock of the shared package cache, and a second apt
+    would fail on it, not wait), so a concurrent run waits here instead."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another run's use of {CACHE}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def debian_root_tarball() -> Path:
     """A debootstrapped minbase root as a tarball, made once per set of inputs."""
+    with cache_lock():
+        return _debian_root_tarball()
+
+
+def _debian_root_tarball() -> Path:
     version = run("dpkg-query", "-W", "-f=${Version}", "debootstrap").stdout
     key = hashlib.sha256(f"{DEBIAN_RELEASE} minbase {DEBIAN_MIRROR} {version}".encode()).hexdigest()[:16]
     tarball = CACHE / f"{DEBIAN_RELEASE}-minbase-{key}.tar"
@@ -237,17 +262,18 @@ def run_in_root(root: Path, *scripts: str) -> list:
     mounts = [(root / "proc", ["-t", "proc", "proc"]), (root / "sys", ["-t", "sysfs", "-o", "ro", "sysfs"]),
               (root / "var/cache/apt/archives", ["--bind", str(archives)])]
     mounted, runs = [], []
-    try:
-        for target, how in mounts:
-            run("mount", *how, str(target))
-            mounted.append(target)
-        for script in scripts:
-            result = chroot_script(root, script)
-            runs.append((result, listing(root)))
-    finally:
-        # Unmounted before anything is deleted: the package cache is bind-mounted inside.
-        for target in reversed(mounted):
-            run("umount", str(target))
+    with cache_lock():
+        try:
+            for target, how in mounts:
+                run("mount", *how, str(target))
+                mounted.append(target)
+            for script in scripts:
+                result = chroot_script(root, script)
+                runs.append((result, listing(root)))
+        finally:
+            # Unmounted before anything is deleted: the package cache is bind-mounted inside.
+            for target in reversed(mounted):
+                run("umount", str(target))
     return runs
 
 

@@ -426,11 +426,41 @@ class Project:
                     if script not in seen and self.script_path(script).is_file():
                         seen.add(script)
                         self.add_shell(stage, self.with_sources(self.script_path(script)), seen)
+        if any(command_of(call)[0] == "pre-commit" for _, call in calls):
+            self.add_pre_commit_hooks(stage, seen)
         if e2e and "e2e" not in seen:
             seen.add("e2e")
             for source in sorted((self.root / "e2e").rglob("*.js")):
                 if "node_modules" not in source.parts:
                     stage.uses.extend(node_commands(source, self.root))
+
+    def add_pre_commit_hooks(self, stage: Stage, seen: set) -> None:
+        """What the hooks of .pre-commit-config.yaml call, for a stage that runs pre-commit:
+        each hook's entry is a command line; a script of scripts/ that runs its arguments
+        (`exec "$@"`, as scripts/hook) runs the command named after it."""
+        config = self.root / ".pre-commit-config.yaml"
+        if "pre-commit" in seen or not config.is_file():
+            return
+        seen.add("pre-commit")
+        entries = re.findall(r"^\s+entry:\s*(.+?)\s*$", config.read_text(), re.M)
+        for call in parse_shell(config, self.root, "\n".join(entries)).top:
+            command, args = command_of(call)
+            where = f".pre-commit-config.yaml: entry {' '.join(w or '?' for w in call.words)}"
+            found = re.fullmatch(r"scripts/([\w.-]+)", command or "")
+            if found and self.script_path(found.group(1)).is_file():
+                script = self.script_path(found.group(1))
+                if found.group(1) not in seen:
+                    seen.add(found.group(1))
+                    self.add_shell(stage, self.with_sources(script), seen)
+                if not (args and 'exec "$@"' in script.read_text()):
+                    continue
+                command, args = args[0], args[1:]
+            if command is None:
+                continue
+            if command == "cargo" and args and args[0] in CARGO_BUILDS:
+                for package in self.build_packages():
+                    stage.needs_packages.setdefault(package, where)
+            stage.uses.append(Use(command, where))
 
     def suite_sources(self, suite: Path) -> list:
         """The Python files a pytest suite (a folder, or one file of it) runs, and the modules

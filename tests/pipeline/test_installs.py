@@ -43,7 +43,8 @@ def test_the_stages_and_what_they_call_are_found():
                  "scripts/test-k8s", "scripts/test-web", "scripts/fuzz", "scripts/test-containers"):
         assert name in found, f"{name} is not among the stages: {sorted(found)}"
     commands = {name: {use.command for use in stage.uses} for name, stage in found.items()}
-    assert {"jq", "shellcheck", "docker-compose"} <= commands["scripts/lint-delivery"]
+    assert {"jq", "docker-compose"} <= commands["scripts/lint-delivery"]
+    assert "kubectl" in commands["scripts/scan-config"]
     # From tests/k8s (Python) and from scripts/deploy-k8s, which tests/k8s runs.
     assert {"kubectl"} <= commands["scripts/test-k8s"]
     assert "scripts/test-k8s:" in " ".join(u.where for u in found["scripts/test-k8s"].uses if u.command == "kubectl")
@@ -51,15 +52,19 @@ def test_the_stages_and_what_they_call_are_found():
     # From tests/monitoring's Python, and the e2e suite's child processes.
     assert {"promtool", "mariadb-install-db"} <= commands["scripts/test-monitoring"]
     assert {"node", "npm", "bash"} <= commands["scripts/test-web"]
+    # From the hooks of .pre-commit-config.yaml, which scripts/lint runs.
     assert {"pkg-config", "libmariadb-dev"} <= set(found["scripts/lint"].needs_packages)
+    assert {"shellcheck", "cargo", "hadolint", "check-yaml", "trivy"} <= commands["scripts/lint"]
 
 
-def test_each_pinned_tool_puts_the_commands_it_provides_first_on_path():
-    """The "Provides:" of scripts/lib/common.sh's functions, which the check trusts, hold."""
-    common = Project(REPO).shell(REPO / "scripts/lib/common.sh")
-    assert common.provides, "no function of scripts/lib/common.sh says what it provides"
-    for function, commands in common.provides.items():
-        script = f"source scripts/lib/common.sh; {function} >&2; for c in {' '.join(commands)}; do command -v $c; done"
+@pytest.mark.parametrize("library", ["common.sh", "pipeline.sh"])
+def test_each_pinned_tool_puts_the_commands_it_provides_first_on_path(library):
+    """The "Provides:" of scripts/lib's functions, which the check trusts, hold."""
+    parsed = Project(REPO).shell(REPO / "scripts/lib" / library)
+    assert parsed.provides, f"no function of scripts/lib/{library} says what it provides"
+    for function, commands in parsed.provides.items():
+        script = (f"source scripts/lib/common.sh; source scripts/lib/{library}; {function} >&2; "
+                  f"for c in {' '.join(commands)}; do command -v $c; done")
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=REPO, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         found = result.stdout.split()
