@@ -18,7 +18,7 @@ nginx_conf_dir() {
     dirname "${conf:-/etc/nginx/nginx.conf}"
 }
 
-# nginx_render PREFIX API_UPSTREAM HTTP_PORT [WEB_ROOT]
+# nginx_render PREFIX API_UPSTREAM LISTEN [WEB_ROOT]
 # Lays out PREFIX like /etc/nginx in the official image: nginx.conf, mime.types and the
 # templates rendered into conf.d/. One extra file points the temp folders into PREFIX,
 # since the built-in ones (/var/lib/nginx/...) are root's. stub_status answers on the Unix
@@ -33,7 +33,7 @@ nginx_render() {
     # The template's other variables come from the environment or their defaults; only
     # the template's own variables are substituted, so nginx's $variables survive.
     (
-        export API_UPSTREAM="$upstream" HTTP_PORT="$listen" WEB_ROOT="$web_root"
+        export API_UPSTREAM="$upstream" NGINX_LISTEN="$listen" WEB_ROOT="$web_root"
         export STATUS_LISTEN="${STATUS_LISTEN:-unix:$prefix/status.sock}"
         # shellcheck source=nginx/template-defaults.envsh
         . "$NGINX_LIB_ROOT/nginx/template-defaults.envsh"
@@ -128,7 +128,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
         "nginx_$command" "$@"
         ;;
     *)
-        echo "usage: $0 render PREFIX API_UPSTREAM HTTP_PORT [WEB_ROOT] | check|start|stop PREFIX" >&2
+        echo "usage: $0 render PREFIX API_UPSTREAM LISTEN [WEB_ROOT] | check|start|stop PREFIX" >&2
         exit 2
         ;;
     esac

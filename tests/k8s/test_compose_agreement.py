@@ -126,7 +126,7 @@ def test_web_listens_where_compose_publishes_it(rendered):
     port = port_by_name(container, "http")
     (published,) = COMPOSE["services"]["web"]["ports"]
     assert int(published.rsplit(":", 1)[1]) == port
-    assert int(rendered.environment(container).get("HTTP_PORT", template_variables()["HTTP_PORT"])) == port
+    assert int(rendered.environment(container).get("NGINX_LISTEN", template_variables()["NGINX_LISTEN"])) == port
 
 
 def test_web_probes_the_path_of_its_image_health_check(rendered):

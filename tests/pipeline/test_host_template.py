@@ -85,8 +85,8 @@ def test_stack_and_compose_files_publish_the_same_port(template, prepared_host):
     assert list(published) == ["web"], "only nginx publishes a port"
     (port,) = published["web"]
     assert str(port["published"]) == http_port
-    # Inside the container nginx listens on its template's default HTTP_PORT.
-    nginx_default = re.search(r'^: "\$\{HTTP_PORT:=(\d+)\}"', (REPO / "nginx/template-defaults.envsh").read_text(),
+    # Inside the container nginx listens on its template's default NGINX_LISTEN.
+    nginx_default = re.search(r'^: "\$\{NGINX_LISTEN:=(\d+)\}"', (REPO / "nginx/template-defaults.envsh").read_text(),
                               re.MULTILINE).group(1)
     assert str(port["target"]) == nginx_default
 
