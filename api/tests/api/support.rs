@@ -77,8 +77,7 @@ impl TestDatabase {
             Backend::Mysql => {
                 let server = crate::mariadb::server_url();
                 let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn =
-                    MysqlConnection::establish(&server).expect("connect to the MySQL server");
+                let mut conn = connect(&server, "connect to the MySQL server");
                 diesel::sql_query(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
                     .execute(&mut conn)
                     .expect("create test database");
@@ -118,7 +117,26 @@ impl TestDatabase {
 
     /// A direct connection to the test database (MySQL only).
     pub fn mysql(&self) -> MysqlConnection {
-        MysqlConnection::establish(&self.url()).expect("connect to the test database")
+        connect(&self.url(), "connect to the test database")
+    }
+}
+
+/// A connection for the test's own setup and checks. A connection that is lost while it is
+/// being made is made again, as any client of a load balancer must: through HAProxy to the
+/// Galera cluster (`make test-cluster`) one was closed during its handshake, in 1 run of 12,
+/// with no reason logged by HAProxy or MariaDB beyond "Aborted connection".
+fn connect(url: &str, what: &str) -> MysqlConnection {
+    let mut attempts = 1;
+    loop {
+        match MysqlConnection::establish(url) {
+            Ok(conn) => return conn,
+            Err(diesel::ConnectionError::BadConnection(error)) if attempts < 3 => {
+                eprintln!("{what}: {error}; connecting again");
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => panic!("{what}: {error}"),
+        }
     }
 }
 
