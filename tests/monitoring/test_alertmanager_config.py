@@ -72,7 +72,7 @@ def test_the_messages_link_to_the_runbook_and_dashboard_bases(tmp_path, settings
     rendered(tmp_path / "out", settings)
     template = (tmp_path / "out" / "messages.tmpl").read_text()
     # The trailing slash of a base is dropped: one slash between base and annotation.
-    assert f"Runbook: {RUNBOOK_BASE_URL}/{{{{ .Annotations.runbook }}}}" in template
+    assert f"Runbook: {RUNBOOK_BASE_URL}/{{{{ .Annotations.runbook_url }}}}" in template
     assert f"Dashboard: {DASHBOARD_BASE_URL}/{{{{ .Annotations.dashboard }}}}" in template
 
 

@@ -40,14 +40,14 @@ def test_every_alert_has_severity_summary_description_a_runbook_section_and_the_
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], rule["alert"]
-        assert annotations["runbook"] == f"{RUNBOOKS}#{rule['alert'].lower()}", rule["alert"]
+        assert annotations["runbook_url"] == f"{RUNBOOKS}#{rule['alert'].lower()}", rule["alert"]
         # Relative to Grafana's address (ALERT_DASHBOARD_BASE_URL): the generated dashboard.
         assert annotations["dashboard"] == f"d/{dashboard.dashboard()['uid']}", rule["alert"]
 
 
 def test_every_runbook_link_points_to_an_existing_heading():
     for rule in alerting_rules():
-        path, _, anchor = rule["annotations"]["runbook"].partition("#")
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
         target = ROOT / path
         assert target.is_file(), f"{rule['alert']}: runbook file {path} does not exist"
         assert anchor in heading_anchors(target.read_text()), (
