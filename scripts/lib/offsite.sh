@@ -76,6 +76,15 @@ offsite_list() {
     tr '\t' '\n' <<<"$keys" | grep -v '^None$' | sed -n "s|^$OFFSITE_PREFIX$1/||p" | grep . | sort || true
 }
 
+# offsite_sizes DIR: "NAME SIZE" for each object under PREFIX/DIR/, one per line, sorted.
+offsite_sizes() {
+    local listed
+    listed="$(offsite_aws s3api list-objects-v2 --bucket "$OFFSITE_BUCKET" --prefix "$OFFSITE_PREFIX$1/" \
+        --query 'Contents[].[Key, Size]' --output text)" || return 1
+    # The CLI prints None for no objects.
+    grep -v '^None$' <<<"$listed" | sed -n "s|^$OFFSITE_PREFIX$1/\([^[:space:]]*\)[[:space:]]\+|\1 |p" | sort || true
+}
+
 # offsite_fetch NAME FILE: PREFIX/NAME into FILE, checked against the size and SHA-256 S3 holds.
 offsite_fetch() {
     local key="$OFFSITE_PREFIX$1" file="$2"

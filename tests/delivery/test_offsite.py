@@ -309,3 +309,29 @@ def test_the_archiver_has_each_write_off_the_host_within_one_interval_and_a_pass
     print(f"recovery point: the write was in S3 {lag:.1f}s after its commit (archive-binlogs --every {ARCHIVE_INTERVAL})")
     # One interval, plus one pass (a handful of AWS CLI calls, slow on a loaded machine).
     assert lag <= ARCHIVE_INTERVAL + 30
+
+
+def test_the_archiver_refuses_logs_of_a_server_that_started_again(host, mysql, s3, pushgateway):
+    """A new server (or RESET MASTER) numbers its logs from 1 again. The archive must not mix
+    the two servers' logs under one name, nor call the pass a success. Last in this file: it
+    resets the binary logs of the run's own server."""
+    if os.environ.get("TEST_MYSQL_URL"):
+        pytest.skip("resets the server's binary logs: runs only on the server the run starts")
+    prefix = f"{host.prefix}/binlogs/"
+    first = host.script("archive-binlogs")
+    assert first.returncode == 0, first
+    versions_before = s3.aws("s3api", "list-object-versions", "--bucket", BUCKET, "--prefix", prefix)
+    success_before = gauges(pushgateway, "messages_binlog_archive")[
+        "messages_binlog_archive_last_success_timestamp_seconds"]
+
+    mysql.query("RESET MASTER")
+    post_message(host.url, "written after the logs started again")
+    again = host.script("archive-binlogs")
+
+    assert again.returncode == 1, again
+    assert re.search(r"S3 already holds a different \S+\.000001 \(\d+ bytes there, \d+ bytes here\)",
+                     again.output), again
+    assert "Nothing was uploaded" in again.output, again
+    assert s3.aws("s3api", "list-object-versions", "--bucket", BUCKET, "--prefix", prefix) == versions_before
+    assert gauges(pushgateway, "messages_binlog_archive")[
+        "messages_binlog_archive_last_success_timestamp_seconds"] == success_before
