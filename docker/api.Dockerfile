@@ -48,7 +48,7 @@ LABEL org.opencontainers.image.title="messages-api" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="${SOURCE}"
-# libmariadb3 brings its caching_sha2_password plugin, which MySQL 8 accounts use by default.
+# libmariadb3: the MariaDB client library diesel's mysql backend links.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libmariadb3 \
     && rm -rf /var/lib/apt/lists/* \

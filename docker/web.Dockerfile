@@ -2,13 +2,17 @@
 # `docker build -f docker/web.Dockerfile .` from the repository root.
 #
 # nginx-unprivileged is the official image rebuilt to run as user 101 and listen on 8080. Its
-# Debian variant, not Alpine: the project's container tests build the base images from
-# Debian packages (README.md, "How this is tested"), and the health check uses its curl.
+# `stable` tag: the stable nginx on the Debian release upstream builds it on now, rebuilt for
+# every nginx and Debian security update. (A `stable-<release>` tag stops moving once upstream
+# leaves that release, as `stable-bookworm` has.) The Debian variant, not Alpine: the
+# container tests build the base images from Debian packages (docs/testing.md), and the
+# health check uses its curl. scripts/images pulls it at every build and puts its id in the
+# image's identity, so an update of it reaches the hosts (docs/deployment.md, "Base images").
 # At start its entrypoint renders /etc/nginx/templates/*.template into /etc/nginx/conf.d/
 # with envsubst; 12-template-defaults.envsh first sets the template's defaults, and
 # 15-api-upstream.envsh lets the deploy's choice of API color win.
 
-ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:stable-bookworm
+ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:stable
 
 FROM ${NGINX_IMAGE}
 ARG VERSION=dev

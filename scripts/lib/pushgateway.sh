@@ -3,7 +3,7 @@
 # Used by scripts/backup and scripts/archive-binlogs.
 
 # http_send METHOD URL BODY: a request over bash's /dev/tcp, for images without curl
-# (mysql:8.4); plain http:// only. Succeeds on a 2xx status.
+# (mariadb:10.11, the backup service's); plain http:// only. Succeeds on a 2xx status.
 http_send() {
     local method="$1" url="$2" body="$3" host port path fd status
     if [[ ! "$url" =~ ^http://([^/:]+)(:([0-9]+))?(/.*)?$ ]]; then

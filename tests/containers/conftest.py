@@ -57,12 +57,14 @@ def install_compose_plugin(engine: Engine) -> None:
     link.symlink_to(Path(compose.__file__).parent / "docker-compose")
 
 
-def build_images(engine: Engine, tag: str) -> None:
-    """Both images, as the pipeline builds them: scripts/images build."""
-    log(f"scripts/images build ({REGISTRY}/messages-{{api,web}}:{tag})")
+def build_images(engine: Engine, tag: str, *which: str, **env: str) -> None:
+    """Both images (or those named), as the pipeline builds them: scripts/images build, on
+    the engine's own base images (the stand-ins: no registry to pull from)."""
+    log(f"scripts/images build {' '.join(which)} ({REGISTRY}/messages-{{api,web}}:{tag})")
     result = subprocess.run(
-        ["scripts/images", "build"], cwd=ROOT, capture_output=True, text=True,
-        env={**engine.env, "REGISTRY": REGISTRY, "IMAGE_TAG": tag, "DOCKER_BUILD_NETWORK": "host"},
+        ["scripts/images", "build", *which], cwd=ROOT, capture_output=True, text=True,
+        env={**engine.env, "REGISTRY": REGISTRY, "IMAGE_TAG": tag, "DOCKER_BUILD_NETWORK": "host",
+             "BASE_IMAGES": "local", **env},
     )
     if result.returncode != 0:
         raise RuntimeError(f"scripts/images build exited {result.returncode}\n{result.stdout[-20000:]}{result.stderr[-5000:]}")

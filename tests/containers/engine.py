@@ -263,7 +263,7 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
     if release != DEBIAN_RELEASE:
         raise RuntimeError(f"the stand-ins are built on {DEBIAN_RELEASE}, the API image wants {release}")
     nginx_image = dockerfile_arg(web_dockerfile, "NGINX_IMAGE")
-    mysql_image = compose_db_image()
+    db_image = compose_db_image()
     debian = f"debian:{DEBIAN_RELEASE}-slim"
     built = {}
 
@@ -296,7 +296,7 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
             build_stand_in(engine, rust, context, rust_inputs, f"RUST_VERSION={host_rust}")
     built[rust] = rust_inputs
 
-    for image, folder in ((nginx_image, "nginx-unprivileged"), (mysql_image, "mysql")):
+    for image, folder in ((nginx_image, "nginx-unprivileged"), (db_image, "mariadb")):
         inputs = inputs_hash(STAND_INS / folder, debian_inputs)
         if pulled(engine, image):
             pass
@@ -325,10 +325,13 @@ def pulled(engine: Engine, *images: str) -> bool:
 
 
 def compose_db_image() -> str:
-    match = re.search(r"^  db:\n    image: (\S+)$", (ROOT / "docker-compose.yml").read_text(), re.MULTILINE)
-    if not match:
+    """The db service's image in docker-compose.yml (mariadb:10.11)."""
+    import yaml
+
+    image = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["db"].get("image")
+    if not image:
         raise RuntimeError("docker-compose.yml: no image for the db service")
-    return match.group(1)
+    return image
 
 
 class StagedContext:

@@ -173,7 +173,7 @@ class Host:
         """Runs SQL as root inside the db container; returns the rows as lists of strings."""
         result = self.compose(
             "exec", "-T", "db", "sh", "-c",
-            'mysql -uroot -p"$(cat /run/secrets/db_root_password)" --default-character-set=utf8mb4 --batch --raw --skip-column-names "$0"',
+            'mariadb -uroot -p"$(cat /run/secrets/db_root_password)" --default-character-set=utf8mb4 --batch --raw --skip-column-names "$0"',
             database, input=query,
         )
         return [line.split("\t") for line in result.stdout.splitlines()]

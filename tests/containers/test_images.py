@@ -5,7 +5,10 @@ import subprocess
 
 import pytest
 
-from engine import ROOT
+from conftest import build_images
+from engine import ROOT, dockerfile_arg
+
+WEB_CONTENT = "io.github.two-tier-rs.messages.web-content"
 
 API_SIZE_LIMIT_MB = 120
 
@@ -57,6 +60,27 @@ def test_the_web_image_renders_its_template_with_the_defaults(engine, images):
     assert "server 127.0.0.1:9" in rendered
     assert "client_max_body_size 65536" in rendered
     assert "${" not in rendered.split("syntax is ok", 1)[1]
+
+
+def test_the_web_identity_changes_when_only_its_base_image_changes(engine, images):
+    """The same source built on the base image and on an update of it (another image id, as
+    upstream's rebuild for a security fix gives) is another web identity, so the deploy
+    recreates nginx; on the same base it is the same identity, so an API-only release does
+    not."""
+    base = dockerfile_arg(ROOT / "docker/web.Dockerfile", "NGINX_IMAGE")
+    updated = "local/nginx-base-update:test"
+    engine.docker("build", "--tag", updated, "-", input=f"FROM {base}\nLABEL test.base-update=1\n")
+    try:
+        build_images(engine, "same-base", "web", NGINX_IMAGE=base)
+        build_images(engine, "new-base", "web", NGINX_IMAGE=updated)
+        web = f"{images['registry']}/messages-web"
+        identity = {tag: engine.image_label(f"{web}:{tag}", WEB_CONTENT) for tag in ("v1", "same-base", "new-base")}
+        assert identity["v1"] and identity["same-base"] == identity["v1"], identity
+        assert identity["new-base"] != identity["v1"], identity
+        assert engine.image_label(f"{web}:new-base", "test.base-update") == "1"
+    finally:
+        engine.docker("rmi", updated, f"{images['registry']}/messages-web:same-base",
+                      f"{images['registry']}/messages-web:new-base", check=False)
 
 
 @pytest.fixture(scope="module")

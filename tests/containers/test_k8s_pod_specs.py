@@ -168,7 +168,7 @@ def pods(engine, images, workdir):
             compose_db_image(),
         )
         eventually(
-            lambda: engine.docker("exec", "k8s-db", "mysqladmin", "ping", "--host=127.0.0.1", "--silent",
+            lambda: engine.docker("exec", "k8s-db", "healthcheck.sh", "--connect", "--innodb_initialized",
                                   check=False).returncode == 0,
             120, what="the database", interval=0.5,
         )
@@ -214,7 +214,7 @@ def probe(pods, name: str, container: dict, kind: str, timeout: float) -> None:
 
 def test_the_migrations_job_migrates_the_database_the_manifests_name(pods, migrated):
     tables = pods.engine.docker(
-        "exec", "k8s-db", "sh", "-c", 'mysql -u"$MYSQL_USER" -p"$MYSQL_PASSWORD" "$MYSQL_DATABASE" -Nse "SHOW TABLES"',
+        "exec", "k8s-db", "sh", "-c", 'mariadb -u"$MYSQL_USER" -p"$MYSQL_PASSWORD" "$MYSQL_DATABASE" -Nse "SHOW TABLES"',
     ).stdout.split()
     assert "messages" in tables and "__diesel_schema_migrations" in tables
 
@@ -238,7 +238,7 @@ def test_the_api_pod_does_not_migrate_at_start(pods, api):
 
     def as_root(sql: str) -> list[str]:
         return pods.engine.docker(
-            "exec", "k8s-db", "sh", "-c", 'mysql -uroot -p"$MYSQL_ROOT_PASSWORD" -Nse "$0"', sql,
+            "exec", "k8s-db", "sh", "-c", 'mariadb -uroot -p"$MYSQL_ROOT_PASSWORD" -Nse "$0"', sql,
         ).stdout.split()
 
     as_root(f"CREATE DATABASE unmigrated; GRANT ALL ON unmigrated.* TO '{user}'@'%'")
@@ -280,7 +280,7 @@ def test_a_message_posted_through_web_lands_in_the_database(pods, api, web):
     assert created.status == 201, created.body
     rows = pods.engine.docker(
         "exec", "k8s-db", "sh", "-c",
-        'mysql -u"$MYSQL_USER" -p"$MYSQL_PASSWORD" "$MYSQL_DATABASE" -Nse "SELECT COUNT(*) FROM messages WHERE id = $0"',
+        'mariadb -u"$MYSQL_USER" -p"$MYSQL_PASSWORD" "$MYSQL_DATABASE" -Nse "SELECT COUNT(*) FROM messages WHERE id = $0"',
         str(created.json["id"]),
     ).stdout.split()
     assert rows == ["1"]

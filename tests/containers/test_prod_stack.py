@@ -6,7 +6,7 @@ import os
 import signal
 
 import checks
-from engine import ROOT
+from engine import ROOT, compose_db_image
 from harness import eventually
 from stack import http
 
@@ -28,6 +28,30 @@ def test_every_service_is_healthy_and_the_migration_job_succeeded(prod):
                      for path in (ROOT / "migrations/mysql").iterdir() if path.is_dir())
     applied = sorted(row[0] for row in prod.sql("SELECT version FROM __diesel_schema_migrations"))
     assert shipped and applied == shipped, f"applied {applied}, the release ships {shipped}"
+
+
+def test_the_db_runs_the_mariadb_the_compose_files_name_with_the_images_own_health_check(prod):
+    """The engine shipped is the engine tested: the db (and the backup service's client) is
+    the compose files' image, and the server answering is that release series of MariaDB."""
+    image = compose_db_image()
+    series = image.split(":")[1]
+    db = prod.compose.inspect("db")
+    assert db["Config"]["Image"] == image
+    assert prod.compose.inspect("backup")["Config"]["Image"] == image
+    assert db["Config"]["Healthcheck"]["Test"] == ["CMD", "healthcheck.sh", "--connect", "--innodb_initialized"]
+    assert prod.compose.state("db") == "running/healthy"
+    [[version]] = prod.sql("SELECT VERSION()")
+    assert version.startswith(series + ".") and "MariaDB" in version, version
+    checked = prod.compose("exec", "-T", "db", "healthcheck.sh", "--connect", "--innodb_initialized", check=False)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_db_health_check_fails_while_no_server_answers(prod):
+    """The check is not vacuous: in a container of the image whose server never started, it
+    fails (a bare `mysqladmin ping` without an account would pass once anything answers)."""
+    result = prod.engine.docker("run", "--rm", "--entrypoint", "healthcheck.sh", compose_db_image(),
+                                "--connect", "--innodb_initialized", check=False)
+    assert result.returncode != 0
 
 
 def test_containers_are_read_only_non_root_without_capabilities_and_limited(prod):

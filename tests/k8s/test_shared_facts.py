@@ -64,3 +64,30 @@ def test_backup_too_old_waits_longer_than_the_backup_interval():
     hours = re.search(r"messages_backup_last_success_timestamp_seconds\{[^}]*\} > (\d+) \* 3600", rules).group(1)
     # One missed run is the alarm; a run that merely takes its time is not.
     assert int(interval) < int(hours) < 2 * int(interval)
+
+
+def test_the_compose_files_ship_the_mariadb_every_test_runs_and_nothing_names_another_engine():
+    """One database image: compose's db, the EC2 host's backup client, the README's "Database
+    engine" and the stand-in the container tests build all name the same MariaDB series, and
+    no tracked file but the guides (which tell hosts of the former one how to move) names a
+    mysql image: no test runs one."""
+    import subprocess
+
+    from test_compose_agreement import PROD
+
+    image = COMPOSE["services"]["db"]["image"]
+    match = re.fullmatch(r"mariadb:(\d+\.\d+)", image)
+    assert match, image
+    series = match.group(1)
+    assert PROD["services"]["backup"]["image"] == image
+    readme = (ROOT / "README.md").read_text()
+    assert re.findall(r"\*\*MariaDB (\d+\.\d+)\*\*", readme) == [series]
+    stand_in = (ROOT / "tests/containers/stand-in-images/mariadb/Dockerfile").read_text()
+    assert f"# Stand-in for {image} " in stand_in and f"MariaDB {series}" in stand_in
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split("\0")
+    # What names the mysql image: the image reference, spelled so this test does not name it.
+    mysql_image = re.compile(r"\b" + "mysql" + r":(\d|latest|lts)")
+    naming = sorted(name for name in files if name and not name.endswith(".md") and (ROOT / name).is_file()
+                    and mysql_image.search((ROOT / name).read_text(errors="replace")))
+    assert naming == [], "names a mysql image, which no test runs"

@@ -1,6 +1,6 @@
 """End to end: the real scripts/backup, run against the stack's MariaDB with
 BACKUP_PUSHGATEWAY_URL set, reports to a real Pushgateway that the real Prometheus scrapes
-with the shipped config — through curl, and through bash's /dev/tcp as in the mysql:8.4
+with the shipped config — through curl, and through bash's /dev/tcp as in the mariadb:10.11
 image, which has no curl. A push that fails warns and keeps the backup."""
 
 import os
