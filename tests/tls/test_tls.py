@@ -1,0 +1,116 @@
+"""HTTPS at the web tier with certificates from a real ACME CA: the bootstrap on a
+placeholder, issuance through HTTP-01, what clients see (trust, protocols, HTTP/2, HSTS,
+redirects), and a forced renewal under load. In file order: each step builds on the last."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+
+import pytest
+from client import request
+from conftest import DOMAIN
+from harness import eventually
+from load import Clients
+
+
+def handshake(context: ssl.SSLContext, port: int) -> dict:
+    """A TLS handshake with nginx for DOMAIN; what the client saw of it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as conn:
+            return {"version": conn.version(), "alpn": conn.selected_alpn_protocol(),
+                    "cipher": conn.cipher()[0], "cert": conn.getpeercert()}
+
+
+def served_serial(pebble, port: int) -> str:
+    return handshake(pebble.trusting_root(), port)["cert"]["serialNumber"]
+
+
+def test_nginx_starts_on_a_placeholder_and_answers_challenges_before_any_certificate(host, pebble):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(pebble.trusting_root(), host.ports.https)
+    token = host.acme / ".well-known/acme-challenge/probe"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text("probe-content")
+    answer = request("GET", f"{host.http_base}/.well-known/acme-challenge/probe", headers={"Host": DOMAIN})
+    assert (answer.status, answer.body) == (200, "probe-content"), answer
+    token.unlink()
+
+
+def test_certificate_is_issued_through_http01_and_chains_to_pebbles_root(issued, host, pebble):
+    # The hook's reload returns at once; nginx's new workers follow within moments.
+    seen = eventually(lambda: handshake(pebble.trusting_root(), host.ports.https), 10,
+                      "a certificate that chains to Pebble's root")
+    names = [value for kind, value in seen["cert"]["subjectAltName"] if kind == "DNS"]
+    assert names == [DOMAIN]
+    # Pebble fetched the challenge from this nginx over plain HTTP, and got it.
+    challenges = [json.loads(line) for line in (host.nginx / "logs/access.log").read_text().splitlines()
+                  if "/.well-known/acme-challenge/" in line and "probe" not in line]
+    assert challenges and all(c["status"] == 200 for c in challenges), challenges
+    assert all(c["method"] == "GET" for c in challenges)
+
+
+def test_https_serves_the_api_over_http2_with_hsts(issued, host, pebble, tls):
+    context = pebble.trusting_root()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    assert handshake(context, host.ports.https)["alpn"] == "h2"
+
+    answer = request("GET", f"{host.https_base}/api/messages?limit=1", tls=tls)
+    assert answer.status == 200, answer
+    hsts = answer.headers.get("strict-transport-security", "")
+    max_age = int(hsts.split("max-age=")[1].split(";")[0]) if "max-age=" in hsts else 0
+    assert max_age >= 31536000, f"HSTS header: {hsts!r}"
+    # Errors nginx makes itself carry it too.
+    assert "strict-transport-security" in request("GET", f"{host.https_base}/missing", tls=tls).headers
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=lambda v: v.name)
+def test_tls_1_2_and_1_3_connect(issued, host, pebble, version):
+    context = pebble.trusting_root()
+    context.minimum_version = context.maximum_version = version
+    assert handshake(context, host.ports.https)["version"] == {"TLSv1_2": "TLSv1.2", "TLSv1_3": "TLSv1.3"}[version.name]
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=lambda v: v.name)
+def test_tls_1_0_and_1_1_are_refused_by_the_server(issued, host, version):
+    # A client that offers only the old version, with every cipher this OpenSSL still has
+    # (security level 0 re-enables them), so that a refusal is the server's: its
+    # protocol_version alert.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    context.minimum_version = context.maximum_version = version
+    with pytest.raises(ssl.SSLError) as refused:
+        handshake(context, host.ports.https)
+    assert refused.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION", refused.value
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/api/messages"), ("POST", "/api/messages"),
+                                         ("GET", "/health"), ("POST", "/submit"),
+                                         ("GET", "/.well-known/other")])
+def test_plain_http_is_redirected_to_https(issued, host, tls, method, path):
+    before = request("GET", f"{host.https_base}/api/messages?limit=100", tls=tls).body["items"]
+    answer = request(method, f"{host.http_base}{path}", {"message": "in the clear"} if method == "POST" else None,
+                     headers={"Host": DOMAIN})
+    assert answer.status == 301, answer
+    assert answer.headers["location"] == f"https://{DOMAIN}{path}"
+    # Nothing reached the API in the clear.
+    assert request("GET", f"{host.https_base}/api/messages?limit=100", tls=tls).body["items"] == before
+
+
+def test_forced_renewal_under_load_fails_no_request_and_serves_the_new_certificate(issued, host, pebble, tls):
+    before = served_serial(pebble, host.ports.https)
+    with Clients([host.https_base], threads=6, writers=2, pause=0.01, write_pause=0.02, tls=tls) as load:
+        load.wait_for_requests(200)
+        issued.force_renewal()
+        eventually(lambda: served_serial(pebble, host.ports.https) != before, 30, "the renewed certificate served")
+        load.wait_for_requests(200)
+    statuses = load.statuses()
+    print(f"renewal under TLS load: {load.summary()}")
+    failed = [a for a in load.snapshot() if a.status not in (200, 201)]
+    assert not failed, f"{len(failed)} failed of {sum(statuses.values())}: {failed[:5]}"
+    assert statuses[201] > 0 and statuses[200] > 0
+    assert served_serial(pebble, host.ports.https) != before
