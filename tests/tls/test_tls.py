@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 
 import pytest
 from client import request
@@ -114,3 +115,32 @@ def test_forced_renewal_under_load_fails_no_request_and_serves_the_new_certifica
     assert not failed, f"{len(failed)} failed of {sum(statuses.values())}: {failed[:5]}"
     assert statuses[201] > 0 and statuses[200] > 0
     assert served_serial(pebble, host.ports.https) != before
+
+
+# Mozilla's "intermediate" profile (Server Side TLS guidelines, version 5.7): the protocols
+# and the cipher suites a server may offer, in OpenSSL's names. nginx offers a subset.
+PROFILE_PROTOCOLS = {"TLS1_2", "TLS1_3"}
+PROFILE_CIPHERS = {
+    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+}
+
+
+def test_scanner_finds_nothing_below_the_intermediate_profile(issued, host, run_dir):
+    """testssl.sh (Debian's) tries every protocol from SSLv2 on with its own sockets, and
+    every cipher suite per protocol."""
+    report = run_dir / "testssl.json"
+    result = subprocess.run(
+        ["testssl", "--quiet", "--color", "0", "--warnings", "off", "--ip", "127.0.0.1", "--protocols",
+         "--cipher-per-proto", "--jsonfile", str(report), f"{DOMAIN}:{host.ports.https}"],
+        capture_output=True, text=True, timeout=600)
+    (run_dir / "testssl.log").write_text(result.stdout + result.stderr)
+    findings = json.loads(report.read_text())
+    protocols = {f["id"] for f in findings if f["id"] in {"SSLv2", "SSLv3", "TLS1", "TLS1_1", "TLS1_2", "TLS1_3"}
+                 and f["finding"].startswith("offered")}
+    ciphers = {f["finding"].split()[3] for f in findings if f["id"].startswith("cipher-")}
+    print(f"testssl.sh: protocols {sorted(protocols)}, ciphers {sorted(ciphers)}")
+    assert protocols == PROFILE_PROTOCOLS, f"offered: {sorted(protocols)}"
+    assert ciphers and ciphers <= PROFILE_CIPHERS, sorted(ciphers - PROFILE_CIPHERS)
