@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from client import request
 from conftest import DOMAIN
-from harness import eventually
+from harness import ROOT, eventually
 from load import Clients
 
 
@@ -100,6 +100,13 @@ def test_plain_http_is_redirected_to_https(issued, host, tls, method, path):
     assert answer.headers["location"] == f"https://{DOMAIN}{path}"
     # Nothing reached the API in the clear.
     assert request("GET", f"{host.https_base}/api/messages?limit=100", tls=tls).body["items"] == before
+
+
+def test_the_deploys_smoke_test_passes_through_https_on_loopback(issued, host):
+    """scripts/deploy's check of a new color on a host with TLS on (driver_proxy_url)."""
+    result = subprocess.run([str(ROOT / "scripts/smoke-test"), f"https://127.0.0.1:{host.ports.https}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_forced_renewal_under_load_fails_no_request_and_serves_the_new_certificate(issued, host, pebble, tls):
