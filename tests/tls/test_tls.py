@@ -5,6 +5,7 @@ redirects), and a forced renewal under load. In file order: each step builds on 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -107,6 +108,24 @@ def test_the_deploys_smoke_test_passes_through_https_on_loopback(issued, host):
     result = subprocess.run([str(ROOT / "scripts/smoke-test"), f"https://127.0.0.1:{host.ports.https}"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_board_works_in_chromium_over_https_trusting_only_pebbles_root(issued, host, pebble, api, run_dir):
+    """The browser suite's board tests (e2e/board.test.js) against https://board.test, with
+    Pebble's root the one CA in Chromium's NSS database: the certificate is verified."""
+    home = run_dir / "chromium-home"
+    nssdb = home / ".pki/nssdb"
+    nssdb.mkdir(parents=True)
+    subprocess.run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True, capture_output=True)
+    subprocess.run(["certutil", "-A", "-d", f"sql:{nssdb}", "-n", "pebble-root", "-t", "C,,", "-i", str(pebble.root)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "HOME": str(home), "E2E_BASE_URL": host.https_base, "E2E_API_URL": f"http://{api}",
+           "E2E_HOST_RESOLVER_RULES": f"MAP {DOMAIN} 127.0.0.1", "E2E_SCREENSHOT_DIR": str(run_dir / "screenshots")}
+    result = subprocess.run(["node", "--test", "--test-concurrency=1", "--test-timeout=120000", "--test-reporter=spec",
+                             "board.test.js"], cwd=ROOT / "e2e", env=env, capture_output=True, text=True, timeout=600)
+    (run_dir / "chromium.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    print(result.stdout.strip().splitlines()[-8:])
 
 
 def test_forced_renewal_under_load_fails_no_request_and_serves_the_new_certificate(issued, host, pebble, tls):
