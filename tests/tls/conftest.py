@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import ssl
 import subprocess
 import sys
@@ -270,6 +271,15 @@ def certbot(run_dir, host, pebble) -> Certbot:
 def issued(certbot) -> Certbot:
     """The host after its first certificate: issued through HTTP-01 and installed by the hook."""
     certbot.issue()
+    context = certbot.pebble.trusting_root()
+
+    def served() -> bool:
+        with socket.create_connection(("127.0.0.1", certbot.host.ports.https), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=DOMAIN):
+                return True
+
+    # The hook's reload returns at once; nginx's new workers follow within moments.
+    eventually(served, 10, "the issued certificate served")
     return certbot
 
 
