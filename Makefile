@@ -1,5 +1,5 @@
 # The project's commands. `make run` serves the app; `make test` runs every test.
-.PHONY: run test test-cluster test-containers test-k8s test-monitoring test-pipeline coverage bench chaos openapi lint fmt clean
+.PHONY: run test test-cluster test-containers test-k8s test-monitoring test-pipeline test-tls coverage bench chaos openapi lint fmt clean
 
 run: ## Build and serve the API and web page on http://127.0.0.1:8080 (SQLite)
 	scripts/run
@@ -19,6 +19,10 @@ test-k8s: ## Only the Kubernetes manifests' tests: kubectl kustomize | kubernete
 test-monitoring: ## Only the monitoring tests: promtool, amtool, alert unit tests, alerts firing in a real Prometheus (builds the API first)
 	scripts/build
 	scripts/test-monitoring
+
+test-tls: ## Only the HTTPS tests: Pebble issues and renews through HTTP-01 to certbot, nginx with TLS on, testssl.sh, Chromium over HTTPS (builds the API first)
+	scripts/build
+	scripts/test-tls
 
 test-pipeline: ## Only the pipeline gates' and the EC2 host's tests: dependency policy, Trivy gates, cfn-lint, prepare-host in a Debian root
 	scripts/test-pipeline

@@ -106,10 +106,18 @@ driver_proxy_workers() {
     compose exec -T web cat /proc/1/task/1/children 2>/dev/null | tr ' ' '\n' | grep . || true
 }
 
+# With NGINX_TLS=on in .env the plain port only redirects, so the smoke test goes through
+# HTTPS (scripts/smoke-test does not verify a loopback address's certificate, which names
+# the public domain, or is still the placeholder before the first one is issued).
 driver_proxy_url() {
     local published
-    published="$(compose port web 8080)"
-    echo "http://127.0.0.1:${published##*:}"
+    if [[ "$(sed -n 's/^NGINX_TLS=//p' "$DEPLOY_ROOT/.env" 2>/dev/null | tail -n 1)" == on ]]; then
+        published="$(compose port web 8443)"
+        echo "https://127.0.0.1:${published##*:}"
+    else
+        published="$(compose port web 8080)"
+        echo "http://127.0.0.1:${published##*:}"
+    fi
 }
 
 web_content() {

@@ -3,8 +3,8 @@
 # system's nginx: everything (config, pid, logs, temp files) lives in one prefix folder.
 #
 # As a library:  source scripts/lib/nginx.sh; nginx_render PREFIX UPSTREAM LISTEN [WEB_ROOT]
-#                nginx_check PREFIX; nginx_start PREFIX; nginx_stop PREFIX
-# As a command:  scripts/lib/nginx.sh render|check|start|stop PREFIX [...]
+#                nginx_check PREFIX; nginx_start PREFIX; nginx_reload PREFIX; nginx_stop PREFIX
+# As a command:  scripts/lib/nginx.sh render|check|start|reload|stop PREFIX [...]
 #
 # Logs: PREFIX/logs/access.log (JSON lines) and PREFIX/logs/error.log.
 
@@ -101,6 +101,16 @@ nginx_start() {
     return 1
 }
 
+# nginx_reload PREFIX: checks the config, then reloads gracefully, as the web container's
+# nginx-reload does: new workers read the config and certificates anew, old ones finish
+# their requests.
+nginx_reload() {
+    nginx_args "$1"
+    echo "nginx: reloading $1"
+    nginx -t -q "${NGINX_ARGS[@]}"
+    nginx -s reload "${NGINX_ARGS[@]}"
+}
+
 # nginx_stop PREFIX: fast shutdown (open event streams would hold up a graceful one);
 # waits until the master has exited. Does nothing when it is not running.
 nginx_stop() {
@@ -123,12 +133,12 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     command="${1:-}"
     case "$command" in
-    render | check | start | stop)
+    render | check | start | reload | stop)
         shift
         "nginx_$command" "$@"
         ;;
     *)
-        echo "usage: $0 render PREFIX API_UPSTREAM LISTEN [WEB_ROOT] | check|start|stop PREFIX" >&2
+        echo "usage: $0 render PREFIX API_UPSTREAM LISTEN [WEB_ROOT] | check|start|reload|stop PREFIX" >&2
         exit 2
         ;;
     esac

@@ -9,32 +9,13 @@ import re
 
 import pytest
 import yaml
-from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
+from custom_resources import crd_errors
 from manifests import ROOT, port_by_name
 
 RULES = ROOT / "monitoring/prometheus/rules.yml"
 # The rules on metrics of exporters that only the compose stack runs (scripts/k8s-prometheus-rule).
 COMPOSE_ONLY_GROUP = "messages-exporter-alerts"
-MODELS = {"PrometheusRule": PrometheusRule, "ServiceMonitor": ServiceMonitor}
-
-
-def crd_errors(obj: dict) -> str | None:
-    """Why `obj` does not fit its CRD's schema, or None. The models ignore unknown fields,
-    so a field that does not survive the round trip is reported as unknown."""
-    try:
-        model = MODELS[obj["kind"]].model_validate(obj)
-    except Exception as error:  # pydantic's ValidationError
-        return str(error)
-    back = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return None if back == obj else f"fields the schema does not know: {diff(obj, back)}"
-
-
-def diff(given, kept, path="") -> list[str]:
-    if isinstance(given, dict) and isinstance(kept, dict):
-        return [p for k in given for p in (diff(given[k], kept[k], f"{path}.{k}") if k in kept else [f"{path}.{k}"])]
-    if isinstance(given, list) and isinstance(kept, list) and len(given) == len(kept):
-        return [p for i, (g, k) in enumerate(zip(given, kept)) for p in diff(g, k, f"{path}[{i}]")]
-    return [] if given == kept else [path]
+MONITORING_KINDS = ["PrometheusRule", "ServiceMonitor"]
 
 
 def test_the_prometheus_rule_is_the_projects_rule_file_but_its_compose_only_group(production):
@@ -121,8 +102,8 @@ def test_the_feed_check_catches_the_compose_only_alerts():
 
 
 def test_the_custom_resources_fit_their_crd_schemas(production):
-    resources = [o for o in production.objects if o["kind"] in MODELS]
-    assert sorted(o["kind"] for o in resources) == sorted(MODELS)
+    resources = [o for o in production.objects if o["kind"] in MONITORING_KINDS]
+    assert sorted(o["kind"] for o in resources) == MONITORING_KINDS
     for obj in resources:
         assert crd_errors(obj) is None, crd_errors(obj)
 

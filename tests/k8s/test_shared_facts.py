@@ -4,9 +4,10 @@ name another's value, a test holds them together."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from manifests import ROOT, render
-from test_compose_agreement import API_SERVICE, COMPOSE, template_variables
+from test_compose_agreement import API_SERVICE, COMPOSE, PROD, template_variables
 
 
 def seconds(duration: str) -> int:
@@ -21,6 +22,19 @@ def test_the_web_content_label_is_the_one_the_deploy_reads():
     (label,) = re.findall(r"([\w.-]+\.web-content)=", dockerfile)
     deploy = (ROOT / "scripts/lib/deploy-compose.sh").read_text()
     assert re.findall(r'Labels "([^"]+)"', deploy) == [label]
+
+
+def test_the_production_web_publishes_tls_and_mounts_the_certificate_where_nginx_reads_them():
+    defaults = template_variables()
+    web = PROD["services"]["web"]
+    assert [p.rsplit(":", 1)[1] for p in web["ports"]] == [defaults["NGINX_TLS_LISTEN"]]
+    mounts = {volume.split(":")[1] for volume in web["volumes"]}
+    assert {str(Path(defaults["TLS_CERTIFICATE"]).parent), str(Path(defaults["TLS_CERTIFICATE_KEY"]).parent),
+            defaults["ACME_WEBROOT"]} <= mounts
+    # The host keeps them where scripts/prepare-host writes them and its deploy hook copies.
+    host = (ROOT / "scripts/prepare-host").read_text()
+    assert "./tls:/etc/nginx/tls:ro" in web["volumes"] and '"$dir/tls"' in host
+    assert "./acme:/var/www/acme:ro" in web["volumes"] and "-w $dir/acme" in host
 
 
 def test_the_nginx_exporter_scrapes_where_stub_status_listens():

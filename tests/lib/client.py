@@ -1,11 +1,14 @@
 """HTTP as the tests' clients speak it: one request on a connection of its own, and its
 answer with status, time, headers and body (parsed when it is JSON). No answer is an answer
-too: status 0, with the error."""
+too: status 0, with the error. https:// URLs need a `Tls`: the trust, and the address the
+URL's host name stands for."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -27,8 +30,24 @@ class Answer:
         return f"{self.method} {self.url} -> {self.status} in {self.seconds:.3f}s {detail}"
 
 
+@dataclass(frozen=True)
+class Tls:
+    """How an https:// URL is reached: `context` holds the roots trusted (the host name is
+    verified against the certificate), `address` is where the URL's host name points, as
+    curl's --resolve: the name is sent as SNI and checked, the connection goes to the address."""
+    context: ssl.SSLContext
+    address: str = "127.0.0.1"
+
+    def connection(self, host: str, port: int, timeout: float) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self.context)
+        address = self.address
+        conn._create_connection = lambda where, *args, **kwargs: socket.create_connection(
+            (address, where[1]), *args, **kwargs)
+        return conn
+
+
 def request(method: str, url: str, body: object = None, headers: dict[str, str] | None = None,
-            timeout: float = 10) -> Answer:
+            timeout: float = 10, tls: Tls | None = None) -> Answer:
     parts = urlsplit(url)
     headers = dict(headers or {})
     data = None
@@ -36,7 +55,11 @@ def request(method: str, url: str, body: object = None, headers: dict[str, str] 
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     started = time.monotonic()
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        assert tls is not None, f"{url}: an https URL needs a Tls"
+        conn = tls.connection(parts.hostname, parts.port or 443, timeout)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=data, headers=headers)
         response = conn.getresponse()

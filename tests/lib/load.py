@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from client import Answer, request
+from client import Answer, Tls, request
 from harness import eventually
 
 
@@ -15,12 +15,13 @@ class Clients:
     """Threads sending requests round-robin to `bases` until stopped: `writers` of them
     create messages, the others list them, each pausing `pause` seconds between requests
     (`write_pause` for the writers, when given: nginx limits the rate of writes). Every
-    answer is kept with its status and time."""
+    answer is kept with its status and time. `tls` reaches https:// bases."""
 
     def __init__(self, bases: list[str], threads: int = 8, writers: int = 3, timeout: float = 5,
-                 pause: float = 0.01, write_pause: float | None = None):
+                 pause: float = 0.01, write_pause: float | None = None, tls: Tls | None = None):
         self.bases = bases
         self.timeout = timeout
+        self.tls = tls
         self.pause = pause
         self.write_pause = pause if write_pause is None else write_pause
         self.stop_event = threading.Event()
@@ -35,9 +36,9 @@ class Clients:
             base = self.bases[(index + n) % len(self.bases)]
             if writer:
                 answer = request("POST", base + "/api/messages", {"message": f"load {index}-{n}"},
-                                 timeout=self.timeout)
+                                 timeout=self.timeout, tls=self.tls)
             else:
-                answer = request("GET", base + "/api/messages?limit=20", timeout=self.timeout)
+                answer = request("GET", base + "/api/messages?limit=20", timeout=self.timeout, tls=self.tls)
             with self.lock:
                 self.answers.append(answer)
             n += 1

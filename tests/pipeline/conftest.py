@@ -305,6 +305,8 @@ def user_data_values(template: dict) -> dict:
     return parameter_defaults(template) | {
         "JenkinsPublicKey": JENKINS_KEY,
         "SourceRepository": "https://github.com/OWNER/REPO",
+        "Domain": "board.example.org",
+        "ContactEmail": "ops@example.org",
         "RegistryValue": ECR_REGISTRY,
         "HostReadyHandle": WAIT_HANDLE_URL,
         "DataVolume": DATA_VOLUME,

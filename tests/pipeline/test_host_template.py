@@ -19,7 +19,7 @@ def test_cfn_lint_reports_no_error_and_no_warning():
     assert (result.returncode, result.stdout.strip()) == (0, ""), result.stdout + result.stderr
 
 
-def test_security_group_opens_the_app_port_to_all_and_ssh_to_jenkins_only(template):
+def test_security_group_opens_https_and_the_app_port_to_all_and_ssh_to_jenkins_only(template):
     group = template["Resources"]["SecurityGroup"]["Properties"]
     rules = sorted(
         (r["IpProtocol"], json.dumps(r["FromPort"]), json.dumps(r["ToPort"]), json.dumps(r["CidrIp"]))
@@ -27,6 +27,7 @@ def test_security_group_opens_the_app_port_to_all_and_ssh_to_jenkins_only(templa
     )
     assert rules == sorted([
         ("tcp", '{"Ref": "HttpPort"}', '{"Ref": "HttpPort"}', '"0.0.0.0/0"'),
+        ("tcp", "443", "443", '"0.0.0.0/0"'),
         ("tcp", "22", "22", '{"Ref": "JenkinsCidr"}'),
     ])
     assert not any("CidrIpv6" in r or "SourceSecurityGroupId" in r for r in group["SecurityGroupIngress"])
@@ -58,7 +59,7 @@ def test_outputs_give_jenkins_its_public_url_and_deploy_host_on_the_elastic_ip(t
     eip = template["Resources"]["ElasticIp"]["Properties"]
     assert eip["InstanceId"] == {"Ref": "Instance"}
     outputs = template["Outputs"]
-    assert outputs["PublicUrl"]["Value"] == {"Fn::Sub": "http://${ElasticIp.PublicIp}:${HttpPort}"}
+    assert outputs["PublicUrl"]["Value"] == {"Fn::Sub": "https://${Domain}"}
     assert outputs["DeployHost"]["Value"] == {"Fn::Sub": "${DeployUser}@${ElasticIp.PublicIp}"}
 
 
@@ -66,16 +67,20 @@ def test_user_data_runs_prepare_host_once_and_the_stack_waits_for_it(template):
     body = template["Resources"]["Instance"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
     assert len(re.findall(r"^/usr/local/sbin/prepare-host ", body, re.MULTILINE)) == 1
     assert "--http-port '${HttpPort}'" in body
+    assert "--domain '${Domain}' --email '${ContactEmail}' --acme-directory '${AcmeDirectory}' --https-port 443" in body
+    assert template["Parameters"]["AcmeDirectory"]["Default"] == "https://acme-v02.api.letsencrypt.org/directory"
+    assert "Default" not in template["Parameters"]["Domain"] and "Default" not in template["Parameters"]["ContactEmail"]
     wait = template["Resources"]["HostReady"]
     assert wait["DependsOn"] == "Instance"
     assert wait["Properties"]["Handle"] == {"Ref": "HostReadyHandle"}
 
 
-def test_stack_and_compose_files_publish_the_same_port(template, prepared_host):
-    """The port's one source is the stack's HttpPort: the security group opens it, the
+def test_stack_and_compose_files_publish_the_same_ports(template, prepared_host):
+    """The HTTP port's one source is the stack's HttpPort: the security group opens it, the
     user-data hands it to prepare-host, which writes HTTP_PORT into the host's .env, which
-    the compose files publish. Rendered here by Compose v2, as on the host, from the .env
-    that prepare-host wrote in the Debian root."""
+    the compose files publish; HTTPS is 443 in the security group, the user-data's
+    --https-port and so HTTPS_PORT. Rendered here by Compose v2, as on the host, from the
+    .env that prepare-host wrote in the Debian root."""
     http_port = prepared_host.values["HttpPort"]
     result = run(COMPOSE, "--env-file", str(prepared_host.path("/srv/messages/.env")),
                  "-f", "docker-compose.yml", "-f", "docker-compose.prod.yml",
@@ -83,12 +88,14 @@ def test_stack_and_compose_files_publish_the_same_port(template, prepared_host):
     services = json.loads(result.stdout)["services"]
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
     assert list(published) == ["web"], "only nginx publishes a port"
-    (port,) = published["web"]
-    assert str(port["published"]) == http_port
-    # Inside the container nginx listens on its template's default NGINX_LISTEN.
-    nginx_default = re.search(r'^: "\$\{NGINX_LISTEN:=(\d+)\}"', (REPO / "nginx/template-defaults.envsh").read_text(),
-                              re.MULTILINE).group(1)
-    assert str(port["target"]) == nginx_default
+    http, https = sorted(published["web"], key=lambda port: port["target"])
+    assert str(http["published"]) == http_port
+    assert str(https["published"]) == "443"
+    # Inside the container nginx listens on its template's defaults NGINX_LISTEN and NGINX_TLS_LISTEN.
+    defaults = (REPO / "nginx/template-defaults.envsh").read_text()
+    for port, variable in ((http, "NGINX_LISTEN"), (https, "NGINX_TLS_LISTEN")):
+        nginx_default = re.search(rf'^: "\$\{{{variable}:=(\d+)\}}"', defaults, re.MULTILINE).group(1)
+        assert str(port["target"]) == nginx_default
 
 
 def user_data(template) -> str:

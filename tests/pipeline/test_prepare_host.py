@@ -121,7 +121,32 @@ def test_env_file_holds_the_stack_settings_and_no_password(prepared_host):
         "BACKUP_UID": uid,
         "BACKUP_GID": gid,
         "BACKUP_S3_URI": f"s3://{BACKUP_BUCKET}/{STACK_NAME}",
+        "NGINX_TLS": "on",
+        "HTTPS_PORT": "443",
     }
+
+
+def test_https_gets_certbot_a_placeholder_certificate_its_hook_and_the_first_certificate_timer(prepared_host):
+    domain = prepared_host.values["Domain"]
+    status = prepared_host.path("/var/lib/dpkg/status").read_text()
+    assert re.search(r"^Package: certbot\nStatus: install ok installed$", status, re.MULTILINE)
+    assert owner_mode(prepared_host, "/srv/messages/tls") == (0, 0, 0o755)
+    assert owner_mode(prepared_host, "/srv/messages/acme") == (0, 0, 0o755)
+    # Readable by nginx in its container (uid and gid 101), and by no one else.
+    assert owner_mode(prepared_host, "/srv/messages/tls/privkey.pem") == (0, 101, 0o640)
+    placeholder = run("openssl", "x509", "-noout", "-subject", "-ext", "subjectAltName",
+                      "-in", str(prepared_host.path("/srv/messages/tls/fullchain.pem"))).stdout
+    assert f"CN = {domain}" in placeholder and f"DNS:{domain}" in placeholder
+    hook = "/etc/letsencrypt/renewal-hooks/deploy/messages-web"
+    assert owner_mode(prepared_host, hook) == (0, 0, 0o755)
+    assert prepared_host.path(hook).read_text() == run(
+        str(REPO / "scripts/prepare-host"), "--print-tls-hook").stdout, "the hook the TLS tests run"
+    service = prepared_host.path("/etc/systemd/system/messages-certificate.service").read_text()
+    assert f"ConditionPathExists=!/etc/letsencrypt/live/{domain}/fullchain.pem" in service
+    assert (f"--server {prepared_host.values['AcmeDirectory']} --webroot -w /srv/messages/acme -d {domain} "
+            f"--keep-until-expiring --deploy-hook {hook}") in service
+    assert "http://127.0.0.1:80/.well-known/acme-challenge/ready" in service
+    assert "OnCalendar=*:*:00" in prepared_host.path("/etc/systemd/system/messages-certificate.timer").read_text()
 
 
 def test_secrets_are_generated_once_as_the_compose_file_names_them(prepared_host):
