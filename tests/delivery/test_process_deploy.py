@@ -142,25 +142,30 @@ PHASES = {
     "verify": "deploy phase: verify", "switch": "deploy phase: switch", "committed": "deploy phase: committed",
     "drain": "Draining and stopping",
 }
-SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL, "SIGHUP": signal.SIGHUP}
+COMMITTED = ("committed", "drain")
 
 
-@pytest.mark.parametrize("signal_name", SIGNALS)
 @pytest.mark.parametrize("phase", PHASES)
-def test_a_deploy_interrupted_at_any_phase_is_repaired_and_the_next_one_succeeds(host, v2_deployed, traffic,
-                                                                                 phase, signal_name):
+def test_jenkins_rollback_after_a_deploy_killed_at_any_phase_repairs_and_the_next_deploy_succeeds(
+        host, v2_deployed, traffic, phase):
+    """SIGKILL leaves no trap to run: scripts/rollback --from TAG, what Jenkins runs after a
+    failed deploy, repairs from the journal. Killed before the commit, TAG was never live:
+    nothing to roll back. After it, TAG is live and is rolled back."""
     was = host.live()
     tag = other(was[0])
-    deploy = host.start("deploy", tag)
+    deploy = host.remote("deploy", tag)
     deploy.wait_for_line(PHASES[phase])
-    deploy.signal_group(SIGNALS[signal_name])
-    interrupted = deploy.wait()
-    assert interrupted.returncode != 0, interrupted
-    if signal_name != "SIGKILL":
-        # The deploy repaired on its way out: undone before the commit, finished after it.
-        finished = phase in ("committed", "drain")
-        assert host.live() == ((tag, was[0]) if finished else was), interrupted
-        host.assert_consistent()
+    deploy.signal_group(signal.SIGKILL)
+    deploy.wait()
+    rollback = host.remote("rollback", tag).wait()
+    assert rollback.returncode == 0, rollback
+    if phase in COMMITTED:
+        assert "Repair: finishing the deploy" in rollback.output, rollback
+        assert host.live() == (was[0], tag)
+    else:
+        assert "nothing to roll back" in rollback.output, rollback
+        assert host.live()[0] == was[0]
+    host.assert_consistent()
     following = host.script("deploy", tag)
     assert_users_saw_nothing(traffic.stop())
     assert following.returncode == 0, following
@@ -168,35 +173,40 @@ def test_a_deploy_interrupted_at_any_phase_is_repaired_and_the_next_one_succeeds
     host.assert_consistent()
 
 
-def test_jenkins_rollback_after_a_deploy_killed_at_the_switch_finds_nothing_live_to_undo(host, v2_deployed, traffic):
+# SIGTERM (Jenkins aborting) and SIGHUP (the ssh session dropped) run the deploy's trap, which
+# repairs at once; they take turns over the phases.
+@pytest.mark.parametrize(("phase", "signal_name"),
+                         [(phase, ("SIGTERM", "SIGHUP")[i % 2]) for i, phase in enumerate(PHASES)])
+def test_a_deploy_interrupted_at_any_phase_repairs_on_its_way_out(host, v2_deployed, traffic, phase, signal_name):
     was = host.live()
     tag = other(was[0])
-    deploy = host.remote("deploy", tag)
-    deploy.wait_for_line(PHASES["switch"])
-    deploy.signal_group(signal.SIGKILL)
-    deploy.wait()
-    rollback = host.remote("rollback", tag).wait()
+    deploy = host.start("deploy", tag)
+    deploy.wait_for_line(PHASES[phase])
+    deploy.signal_group(getattr(signal, signal_name))
+    interrupted = deploy.wait()
+    assert interrupted.returncode != 0, interrupted
+    # Undone before the commit, finished after it.
+    assert host.live()[0] == (tag if phase in COMMITTED else was[0]), interrupted
+    host.assert_consistent()
+    following = host.script("deploy", tag)
     assert_users_saw_nothing(traffic.stop())
-    assert rollback.returncode == 0, rollback
-    assert "Repair: undoing the deploy" in rollback.output, rollback
-    assert "nothing to roll back" in rollback.output, rollback
-    assert host.live() == was
+    assert following.returncode == 0, following
+    assert host.live()[0] == tag
     host.assert_consistent()
 
 
-def test_jenkins_rollback_after_a_deploy_killed_after_its_commit_returns_to_the_version_before(host, v2_deployed,
-                                                                                                traffic):
+def test_the_next_deploy_repairs_one_killed_at_the_switch_first(host, v2_deployed, traffic):
     was = host.live()
     tag = other(was[0])
-    deploy = host.remote("deploy", tag)
-    deploy.wait_for_line(PHASES["committed"])
+    deploy = host.start("deploy", tag)
+    deploy.wait_for_line(PHASES["switch"])
     deploy.signal_group(signal.SIGKILL)
     deploy.wait()
-    rollback = host.remote("rollback", tag).wait()
+    following = host.script("deploy", tag)
     assert_users_saw_nothing(traffic.stop())
-    assert rollback.returncode == 0, rollback
-    assert "Repair: finishing the deploy" in rollback.output, rollback
-    assert host.live() == (was[0], tag)
+    assert following.returncode == 0, following
+    assert f"Repair: undoing the deploy of {tag}" in following.output, following
+    assert host.live() == (tag, was[0])
     host.assert_consistent()
 
 
