@@ -115,7 +115,11 @@ class Connection:
 
 
 class ResumingStream:
-    """The live stream, resumed with Last-Event-ID each time it ends (as EventSource does)."""
+    """The live stream, resumed with Last-Event-ID each time it ends, as EventSource does: a
+    moment later (`RESUME_AFTER`; browsers wait about as long), so that writes are made
+    meanwhile that only Last-Event-ID brings back."""
+
+    RESUME_AFTER = 1.0
 
     def __init__(self, base: str):
         self.base = base
@@ -139,6 +143,7 @@ class ResumingStream:
             with self.lock:
                 self.done.extend(stream.snapshot())
             last = [e.id for e in self.done if e.id is not None][-1]
+            self.stop_event.wait(self.RESUME_AFTER)
             try:
                 self.current = Stream(self.base, last_event_id=last)
                 self.resumed += 1
