@@ -17,9 +17,9 @@
 # Each color's pid and log are STATE/COLOR.pid and STATE/COLOR.log.
 
 # shellcheck source=scripts/lib/nginx.sh
-source "$DEPLOY_ROOT/scripts/lib/nginx.sh"
+source "$DEPLOY_LIB/nginx.sh"
 # shellcheck source=scripts/lib/mysql-client.sh
-source "$DEPLOY_ROOT/scripts/lib/mysql-client.sh"
+source "$DEPLOY_LIB/mysql-client.sh"
 
 DEPLOY_RELEASES_DIR="${DEPLOY_RELEASES_DIR:-$DEPLOY_ROOT/releases}"
 DEPLOY_NGINX_LISTEN="${DEPLOY_NGINX_LISTEN:-127.0.0.1:8080}"
@@ -149,7 +149,7 @@ driver_proxy_apply() {
         kill -HUP "$master"
     else
         # In a session of its own, as the colors (see driver_start).
-        setsid --wait bash "$DEPLOY_ROOT/scripts/lib/nginx.sh" start "$DEPLOY_NGINX_PREFIX" 9>&- || return 1
+        setsid --wait bash "$DEPLOY_LIB/nginx.sh" start "$DEPLOY_NGINX_PREFIX" 9>&- || return 1
     fi
 }
 

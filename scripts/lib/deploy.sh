@@ -9,6 +9,9 @@
 #   previous      the tag that ran before it (what scripts/rollback returns to)
 #   deploying     the journal of a deploy under way (tag, from, to, was, phase); see repair
 #   lock          held (flock) by the deploy, rollback or restore that runs
+# Each release's delivery files (compose files, docker/, scripts/, ...) are kept in
+# DEPLOY_DIR/releases/TAG; a deploy installs TAG's into DEPLOY_DIR, and undoing a deploy
+# installs those of the release that was live again.
 #
 # How a version is started is the driver's business, chosen by DEPLOY_DRIVER:
 #   compose  (default) the EC2 host: docker compose with docker-compose.prod.yml
@@ -36,6 +39,8 @@
 # The host's folder: .env, secrets/, the state, the live release's files. scripts/remote runs
 # a new release's scripts from releases/ with DEPLOY_DIR set to it.
 DEPLOY_ROOT="${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+# The folder of the scripts that run (an upload's, before they are installed).
+DEPLOY_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEPLOY_STATE_DIR="${DEPLOY_STATE_DIR:-$DEPLOY_ROOT/.deploy}"
 DEPLOY_DRIVER="${DEPLOY_DRIVER:-compose}"
 export DEPLOY_STATE_DIR
@@ -44,7 +49,7 @@ case "$DEPLOY_DRIVER" in
 compose | process)
     # The drivers are shellchecked on their own.
     # shellcheck source=/dev/null
-    source "$DEPLOY_ROOT/scripts/lib/deploy-$DEPLOY_DRIVER.sh"
+    source "$DEPLOY_LIB/deploy-$DEPLOY_DRIVER.sh"
     ;;
 *)
     echo "DEPLOY_DRIVER must be compose or process, not '$DEPLOY_DRIVER'" >&2
@@ -165,9 +170,40 @@ repair() {
             state_set api-upstream "$(driver_upstream "$JOURNAL_FROM")"
         fi
         driver_stop "$JOURNAL_TO"
+        release_install "$JOURNAL_WAS"
     fi
     rm -f "$DEPLOY_STATE_DIR/deploying"
     echo "repaired: $(state_get color) serves $(state_get current nothing)"
+}
+
+# release_install TAG: copies releases/TAG's delivery files over DEPLOY_DIR's, when the host
+# keeps that release (scripts/remote uploads them; a host laid out by hand has none).
+release_install() {
+    local files="$DEPLOY_ROOT/releases/$1"
+    [[ -n "$1" && -d "$files" ]] || return 0
+    echo "installing the delivery files of $1 ($files)"
+    cp -a "$files/." "$DEPLOY_ROOT/"
+}
+
+# release_stage UPLOAD TAG: keeps a copy of an upload as releases/TAG (the upload itself
+# runs this deploy; the next one removes it), first keeping the files of the live release
+# WAS ($3) as releases/WAS when the host has no copy of them yet, so that undoing this
+# deploy can put them back.
+release_stage() {
+    local upload="$1" tag="$2" was="${3:-}" entry
+    if [[ -n "$was" && ! -d "$DEPLOY_ROOT/releases/$was" ]]; then
+        mkdir -p "$DEPLOY_ROOT/releases/.keep"
+        for entry in "$upload"/*; do
+            entry="$(basename "$entry")"
+            if [[ -e "$DEPLOY_ROOT/$entry" ]]; then
+                cp -a "$DEPLOY_ROOT/$entry" "$DEPLOY_ROOT/releases/.keep/"
+            fi
+        done
+        mv -T "$DEPLOY_ROOT/releases/.keep" "$DEPLOY_ROOT/releases/$was"
+    fi
+    mkdir -p "$DEPLOY_ROOT/releases/$tag"
+    cp -a "$upload/." "$DEPLOY_ROOT/releases/$tag/"
+    find "$DEPLOY_ROOT/releases" -mindepth 1 -maxdepth 1 -name '.upload.*' ! -path "$upload" -exec rm -rf {} +
 }
 
 # record_live TAG WAS: TAG is current, WAS (the tag live before it) previous.
