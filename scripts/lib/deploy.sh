@@ -214,15 +214,25 @@ record_live() {
     state_set current "$1"
 }
 
-# On SIGTERM, SIGINT, SIGHUP (an ssh session dropped) or SIGPIPE (its output gone), repair at
-# once rather than at the next deploy. Later signals are ignored so that they cannot cut the
-# repair short; a SIGKILL can, and leaves the journal to the next deploy or rollback.
+# On a failure (any command's, under set -e), SIGTERM, SIGINT, SIGHUP (an ssh session
+# dropped) or SIGPIPE (its output gone), repair at once rather than at the next deploy.
+# Later signals are ignored so that they cannot cut the repair short; a SIGKILL can, and
+# leaves the journal to the next deploy or rollback.
 repair_on_signals() {
     local signal
     for signal in TERM INT HUP PIPE; do
         # shellcheck disable=SC2064 # the signal's name, now
         trap "interrupted $signal" "$signal"
     done
+    trap 'repair_on_failure $?' EXIT
+}
+
+repair_on_failure() {
+    if (($1 != 0)) && [[ -f "$DEPLOY_STATE_DIR/deploying" ]]; then
+        trap '' TERM INT HUP PIPE
+        echo "deploy failed (exit status $1); repairing" >&2
+        repair
+    fi
 }
 
 interrupted() {
