@@ -140,25 +140,34 @@ class ResumingStream:
             stream.thread.join(0.2)
             if stream.thread.is_alive() or self.stop_event.is_set():
                 continue
+            # One step under the lock: a reader never sees the ended stream's events both
+            # in `done` and as the current stream's.
             with self.lock:
                 self.done.extend(stream.snapshot())
+                self.current = None
             last = [e.id for e in self.done if e.id is not None][-1]
             self.stop_event.wait(self.RESUME_AFTER)
-            try:
-                self.current = Stream(self.base, last_event_id=last)
+            while not self.stop_event.is_set():
+                try:
+                    resumed = Stream(self.base, last_event_id=last)
+                except (AssertionError, OSError, http.client.HTTPException) as error:
+                    self.failures.append(f"resuming the stream from {last}: {error!r}")
+                    self.stop_event.wait(0.5)
+                    continue
+                with self.lock:
+                    self.current = resumed
                 self.resumed += 1
-            except (AssertionError, OSError, http.client.HTTPException) as error:
-                self.failures.append(f"resuming the stream from {last}: {error!r}")
-                self.stop_event.wait(0.5)
+                break
 
     def events(self) -> list:
         with self.lock:
-            return self.done + self.current.snapshot()
+            return self.done + (self.current.snapshot() if self.current else [])
 
     def close(self) -> None:
         self.stop_event.set()
         self.thread.join(5)
-        self.current.close()
+        if self.current:
+            self.current.close()
 
 
 class Traffic:
