@@ -192,5 +192,10 @@ driver_finish() {
     else
         echo "web: frontend or proxy config changed; recreating nginx"
         compose up -d --no-deps --wait web
+        # nginx-exporter shares web's network namespace (network_mode: service:web): it is
+        # recreated with it, or it would be left in the old container's.
+        if [[ -n "$(compose --profile monitoring ps -q nginx-exporter 2>/dev/null)" ]]; then
+            compose --profile monitoring up -d --no-deps --force-recreate nginx-exporter
+        fi
     fi
 }
