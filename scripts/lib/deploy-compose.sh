@@ -1,7 +1,14 @@
 # shellcheck shell=bash
 # Deploy driver "compose": the EC2 host, running docker-compose.yml + docker-compose.prod.yml
-# from this checkout with its .env and secrets/. The colors are the services api-blue and
-# api-green, `api` is the migration job and `web` is nginx.
+# from DEPLOY_DIR with its .env and secrets/. The colors are the services api-blue and
+# api-green, `api` is the migration job and `web` is nginx. The compose project is named
+# by DEPLOY_DIR (or COMPOSE_PROJECT_NAME in its .env), the same for every release.
+#
+#   DEPLOY_PULL   always (default): pull TAG's images every time, so a tag pushed again is
+#                 what runs; never: use the images the engine has (an engine without a
+#                 registry, as in the container tests)
+#   DEPLOY_UPDATE_DB  1 (scripts/deploy --update-db): recreate the database when its
+#                 definition changed, after a backup; otherwise such a deploy is refused
 
 compose() {
     docker compose --project-directory "$DEPLOY_ROOT" \
@@ -13,13 +20,50 @@ compose_container() {
     compose ps -q "$1" 2>/dev/null
 }
 
-# Tags name commits and never move, so an image the host has already is not fetched again
-# (and a host can deploy an image loaded without a registry).
 driver_prepare() {
-    echo "pulling $1 (unless the host has it)"
-    IMAGE_TAG="$1" compose pull --quiet --policy missing api web
-    compose up -d --wait db
-    compose up -d --no-deps backup
+    local image
+    case "${DEPLOY_PULL:-always}" in
+    always)
+        echo "pulling $1"
+        IMAGE_TAG="$1" compose pull --quiet api web
+        ;;
+    never) echo "DEPLOY_PULL=never: using the images this engine has" ;;
+    *)
+        echo "DEPLOY_PULL must be always or never, not '$DEPLOY_PULL'" >&2
+        return 1
+        ;;
+    esac
+    for image in $(IMAGE_TAG="$1" compose config --images api web | sort -u); do
+        echo "$image is $(docker image inspect -f '{{.Id}} {{join .RepoDigests " "}}' "$image")"
+    done
+    compose_db_unchanged
+}
+
+# A deploy never recreates the database: a running db is left alone when this release
+# defines it as the running container was defined, and the deploy is refused otherwise,
+# unless DEPLOY_UPDATE_DB asks for it (a backup first). A stopped one is started.
+compose_db_unchanged() {
+    local id running wanted
+    id="$(compose_container db)"
+    if [[ -z "$id" ]]; then
+        compose up -d --no-recreate --wait db
+        return
+    fi
+    running="$(docker inspect -f '{{index .Config.Labels "com.docker.compose.config-hash"}}' "$id")"
+    wanted="$(compose config --hash db | awk '{print $2}')"
+    if [[ "$running" == "$wanted" ]]; then
+        echo "db: definition unchanged; left running"
+        compose up -d --no-recreate --wait db
+    elif [[ "${DEPLOY_UPDATE_DB:-}" == 1 ]]; then
+        echo "db: definition changed; backing up, then recreating it (--update-db)"
+        compose run --rm --no-deps --entrypoint /opt/messages/scripts/backup backup
+        compose up -d --no-deps --wait db
+    else
+        echo "refused: this release changes the database's definition (db), which a deploy never" \
+            "recreates. Run scripts/deploy --update-db $DEPLOY_TAG on the host: it backs up the" \
+            "database, recreates it (the API is unavailable meanwhile) and deploys." >&2
+        return 1
+    fi
 }
 
 driver_migrate() {
@@ -85,6 +129,14 @@ driver_upstream() {
     echo "api-$1:8080"
 }
 
+# COLOR's address on the frontend network, which this machine reaches past nginx.
+driver_color_url() {
+    local ip
+    ip="$(docker inspect -f '{{range $name, $net := .NetworkSettings.Networks}}{{$name}} {{$net.IPAddress}}{{"\n"}}{{end}}' \
+        "$(compose_container "api-$1")" | awk '$1 ~ /_frontend$/ {print $2}')"
+    echo "http://${ip:?api-$1 is on no frontend network}:8080"
+}
+
 # Docker sends SIGTERM and waits stop_grace_period before it kills.
 driver_stop() {
     compose stop "api-$1"
@@ -98,6 +150,10 @@ driver_proxy_apply() {
     else
         IMAGE_TAG="$DEPLOY_TAG" compose up -d --no-deps --wait web
     fi
+}
+
+driver_proxy_running() {
+    [[ -n "$(compose ps -q --status running web 2>/dev/null)" ]]
 }
 
 # nginx's master is the web container's pid 1; its children are the workers (read from
@@ -132,6 +188,8 @@ driver_finish() {
     else
         echo "IMAGE_TAG=$tag" >>"$env_file"
     fi
+    # The backup service runs the live release's scripts (and definition).
+    compose up -d --no-deps backup
     # Recreating nginx drops its connections for a moment, so it happens only when the
     # frontend or the proxy config changed (scripts/images labels the web image with a hash
     # of both); API-only releases keep nginx running.
@@ -142,5 +200,10 @@ driver_finish() {
     else
         echo "web: frontend or proxy config changed; recreating nginx"
         compose up -d --no-deps --wait web
+        # nginx-exporter shares web's network namespace (network_mode: service:web): it is
+        # recreated with it, or it would be left in the old container's.
+        if [[ -n "$(compose --profile monitoring ps -q nginx-exporter 2>/dev/null)" ]]; then
+            compose --profile monitoring up -d --no-deps --force-recreate nginx-exporter
+        fi
     fi
 }

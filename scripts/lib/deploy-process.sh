@@ -17,9 +17,9 @@
 # Each color's pid and log are STATE/COLOR.pid and STATE/COLOR.log.
 
 # shellcheck source=scripts/lib/nginx.sh
-source "$DEPLOY_ROOT/scripts/lib/nginx.sh"
+source "$DEPLOY_LIB/nginx.sh"
 # shellcheck source=scripts/lib/mysql-client.sh
-source "$DEPLOY_ROOT/scripts/lib/mysql-client.sh"
+source "$DEPLOY_LIB/mysql-client.sh"
 
 DEPLOY_RELEASES_DIR="${DEPLOY_RELEASES_DIR:-$DEPLOY_ROOT/releases}"
 DEPLOY_NGINX_LISTEN="${DEPLOY_NGINX_LISTEN:-127.0.0.1:8080}"
@@ -88,13 +88,14 @@ driver_start() {
     driver_stop "$color"
     echo "starting $tag as $color on 127.0.0.1:$port (log: $log)"
     printf '=== %s: starting %s\n' "$(date -u +%FT%TZ)" "$tag" >>"$log"
-    # setsid: the process outlives this script and its terminal. Each open event stream
-    # holds a descriptor, so the soft limit goes up to the hard one (as the containers'
+    # setsid: the process outlives this script, its terminal and its process group (a killed
+    # deploy); 9>&-: it does not keep the deploy lock. Each open event stream holds a
+    # descriptor, so the soft limit goes up to the hard one (as the containers'
     # `ulimits: nofile` do).
     (
         ulimit -n "$(ulimit -Hn)"
         HOST=127.0.0.1 PORT="$port" RUN_MIGRATIONS=false \
-            setsid "$(process_binary "$tag")" serve </dev/null >>"$log" 2>&1 &
+            setsid "$(process_binary "$tag")" serve </dev/null >>"$log" 2>&1 9>&- &
         echo $! >"$DEPLOY_STATE_DIR/$color.pid"
     )
 }
@@ -111,6 +112,10 @@ driver_status() {
 
 driver_upstream() {
     echo "127.0.0.1:$(process_port "$1")"
+}
+
+driver_color_url() {
+    echo "http://127.0.0.1:$(process_port "$1")"
 }
 
 # SIGTERM, then up to the API's grace period (plus a margin) for in-flight requests.
@@ -143,8 +148,13 @@ driver_proxy_apply() {
         echo "nginx: reloading (master pid $master)"
         kill -HUP "$master"
     else
-        nginx_start "$DEPLOY_NGINX_PREFIX"
+        # In a session of its own, as the colors (see driver_start).
+        setsid --wait bash "$DEPLOY_LIB/nginx.sh" start "$DEPLOY_NGINX_PREFIX" 9>&- || return 1
     fi
+}
+
+driver_proxy_running() {
+    nginx_master_pid >/dev/null
 }
 
 driver_proxy_workers() {

@@ -1,12 +1,17 @@
 # shellcheck shell=bash
-# The deploy's state and its driver, shared by scripts/deploy and scripts/rollback.
-# Source scripts/lib/common.sh first.
+# The deploy's state, its journal and its driver, shared by scripts/deploy, scripts/rollback
+# and scripts/restore. Source scripts/lib/common.sh first.
 #
-# State lives in DEPLOY_STATE_DIR (default .deploy/ in the checkout), one value per file:
+# State lives in DEPLOY_STATE_DIR (default .deploy/ in DEPLOY_DIR), one value per file:
 #   color         the color nginx sends traffic to (blue or green)
 #   api-upstream  that color's address as nginx sees it (the web container reads this file)
 #   current       the tag that color runs
 #   previous      the tag that ran before it (what scripts/rollback returns to)
+#   deploying     the journal of a deploy under way (tag, from, to, was, phase); see repair
+#   lock          held (flock) by the deploy, rollback or restore that runs
+# Each release's delivery files (compose files, docker/, scripts/, ...) are kept in
+# DEPLOY_DIR/releases/TAG; a deploy installs TAG's into DEPLOY_DIR, and undoing a deploy
+# installs those of the release that was live again.
 #
 # How a version is started is the driver's business, chosen by DEPLOY_DRIVER:
 #   compose  (default) the EC2 host: docker compose with docker-compose.prod.yml
@@ -17,11 +22,13 @@
 #   driver_start COLOR TAG    start TAG as COLOR, replacing whatever COLOR ran
 #   driver_status COLOR       print healthy, starting or down
 #   driver_upstream COLOR     print the host:port nginx uses to reach COLOR
+#   driver_color_url COLOR    print COLOR's own base URL on this machine, past nginx
 #   driver_stop COLOR         stop COLOR gracefully (it finishes in-flight requests)
+#   driver_proxy_running      succeed when nginx runs
 #   driver_proxy_apply        make nginx use state/api-upstream: reload, or start it
 #   driver_proxy_workers      print the pids of nginx's worker processes
 #   driver_proxy_url          print nginx's base URL on this machine
-#   driver_finish TAG         driver bookkeeping once TAG is live
+#   driver_finish TAG         driver bookkeeping once TAG is live (idempotent: repair reruns it)
 # and, for scripts/restore, the database:
 #   driver_migrations TAG     print the names of TAG's MySQL migrations (migrations/mysql)
 #   driver_db_open            get ready to reach the database; driver_db_close when done
@@ -29,7 +36,11 @@
 #   driver_sql ARGS...        the mysql client as a user that may create databases
 #   driver_dump ARGS...       mysqldump as that user
 
-DEPLOY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# The host's folder: .env, secrets/, the state, the live release's files. scripts/remote runs
+# a new release's scripts from releases/ with DEPLOY_DIR set to it.
+DEPLOY_ROOT="${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+# The folder of the scripts that run (an upload's, before they are installed).
+DEPLOY_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEPLOY_STATE_DIR="${DEPLOY_STATE_DIR:-$DEPLOY_ROOT/.deploy}"
 DEPLOY_DRIVER="${DEPLOY_DRIVER:-compose}"
 export DEPLOY_STATE_DIR
@@ -38,7 +49,7 @@ case "$DEPLOY_DRIVER" in
 compose | process)
     # The drivers are shellchecked on their own.
     # shellcheck source=/dev/null
-    source "$DEPLOY_ROOT/scripts/lib/deploy-$DEPLOY_DRIVER.sh"
+    source "$DEPLOY_LIB/deploy-$DEPLOY_DRIVER.sh"
     ;;
 *)
     echo "DEPLOY_DRIVER must be compose or process, not '$DEPLOY_DRIVER'" >&2
@@ -63,21 +74,176 @@ state_set() {
     mv -f "$DEPLOY_STATE_DIR/.$1.tmp" "$DEPLOY_STATE_DIR/$1"
 }
 
-# state_lock SCRIPT ARGS...: one deploy at a time on this machine. Unless this process
-# holds the lock already, runs SCRIPT again under flock and exits with its status. --close:
-# the servers a deploy starts must not inherit the lock and keep it after the deploy.
+# One deploy, rollback or restore at a time on this machine: takes the lock or exits 75.
+# The lock is this process's descriptor 9, so it ends with the process, even a killed one;
+# what a deploy leaves running (servers, nginx) is started with 9>&- so as not to keep it.
+# A script exec'd by the holder (rollback runs deploy) holds it already.
 state_lock() {
-    if [[ "${DEPLOY_LOCKED:-}" == "$DEPLOY_STATE_DIR" ]]; then
+    if [[ "${DEPLOY_LOCKED:-}" == "$DEPLOY_STATE_DIR" ]] && { true >&9; } 2>/dev/null; then
         return 0
     fi
     mkdir -p "$DEPLOY_STATE_DIR"
-    local status=0
-    DEPLOY_LOCKED="$DEPLOY_STATE_DIR" flock --nonblock --close --conflict-exit-code 75 \
-        "$DEPLOY_STATE_DIR/lock" "$@" || status=$?
-    if ((status == 75)); then
+    exec 9>>"$DEPLOY_STATE_DIR/lock"
+    if ! flock --nonblock 9; then
         echo "another deploy is running (lock: $DEPLOY_STATE_DIR/lock)" >&2
+        exit 75
     fi
-    exit "$status"
+    export DEPLOY_LOCKED="$DEPLOY_STATE_DIR"
+}
+
+# The journal: `deploying` holds what a deploy under way changes, written (atomically, as
+# every state value) before each phase. The phases, in order:
+#   prepare migrate start verify    the live color serves; TAG is fetched, started, smoke-tested
+#   switch                          nginx is being pointed at the new color
+#   committed                       nginx serves the new color only; the rest is bookkeeping
+journal_begin() {
+    JOURNAL_TAG="$1" JOURNAL_FROM="$2" JOURNAL_TO="$3" JOURNAL_WAS="$4"
+    journal_phase prepare
+}
+
+journal_phase() {
+    state_set deploying "$(printf 'tag=%s\nfrom=%s\nto=%s\nwas=%s\nphase=%s' \
+        "$JOURNAL_TAG" "$JOURNAL_FROM" "$JOURNAL_TO" "$JOURNAL_WAS" "$1")"
+    echo "deploy phase: $1"
+}
+
+journal_read() {
+    local key value
+    JOURNAL_TAG='' JOURNAL_FROM='' JOURNAL_TO='' JOURNAL_WAS='' JOURNAL_PHASE=''
+    while IFS='=' read -r key value; do
+        case "$key" in
+        tag) JOURNAL_TAG="$value" ;;
+        from) JOURNAL_FROM="$value" ;;
+        to) JOURNAL_TO="$value" ;;
+        was) JOURNAL_WAS="$value" ;;
+        phase) JOURNAL_PHASE="$value" ;;
+        esac
+    done <"$DEPLOY_STATE_DIR/deploying"
+}
+
+# Points nginx at COLOR and returns once every worker that served the old upstream has
+# finished its requests and exited, so nothing reaches the other color any more.
+switch_to() {
+    local color="$1" before pid deadline=$((SECONDS + 60))
+    before="$(driver_proxy_workers)"
+    state_set color "$color"
+    state_set api-upstream "$(driver_upstream "$color")"
+    driver_proxy_apply || return 1
+    for pid in $before; do
+        while driver_proxy_workers | grep -qx "$pid"; do
+            if ((SECONDS >= deadline)); then
+                echo "nginx worker $pid still runs after 60s" >&2
+                return 1
+            fi
+            sleep 0.2
+        done
+    done
+    echo "nginx now sends every request to $color ($(driver_upstream "$color"))"
+}
+
+# Brings the host back to a consistent state after a deploy that did not finish (it failed,
+# or was interrupted: SIGTERM, SIGKILL, an ssh session dropped): the state files, nginx's
+# upstream and the running colors agree again. Before the commit the deploy is undone (nginx
+# back on the color that was live, the new one stopped); after it, it is finished. Every
+# step is safe to repeat, so an interrupted repair is repaired by the next one.
+repair() {
+    [[ -f "$DEPLOY_STATE_DIR/deploying" ]] || return 0
+    journal_read
+    if [[ "$JOURNAL_PHASE" == committed ]]; then
+        step "Repair: finishing the deploy of $JOURNAL_TAG on $JOURNAL_TO (it was interrupted after the switch)"
+        if [[ "$(state_get api-upstream)" != "$(driver_upstream "$JOURNAL_TO")" ]]; then
+            switch_to "$JOURNAL_TO"
+        fi
+        record_live "$JOURNAL_TAG" "$JOURNAL_WAS"
+        step "Draining and stopping $JOURNAL_FROM"
+        driver_stop "$JOURNAL_FROM"
+        driver_finish "$JOURNAL_TAG"
+    else
+        step "Repair: undoing the deploy of $JOURNAL_TAG (stopped at phase ${JOURNAL_PHASE:-?}); $JOURNAL_FROM serves ${JOURNAL_WAS:-nothing}"
+        if [[ -n "$JOURNAL_WAS" && "$(driver_status "$JOURNAL_FROM")" != healthy ]]; then
+            echo "warning: $JOURNAL_FROM, which served $JOURNAL_WAS, is not healthy" >&2
+        fi
+        if driver_proxy_running; then
+            switch_to "$JOURNAL_FROM"
+        else
+            state_set color "$JOURNAL_FROM"
+            state_set api-upstream "$(driver_upstream "$JOURNAL_FROM")"
+        fi
+        driver_stop "$JOURNAL_TO"
+        release_install "$JOURNAL_WAS"
+    fi
+    rm -f "$DEPLOY_STATE_DIR/deploying"
+    echo "repaired: $(state_get color) serves $(state_get current nothing)"
+}
+
+# release_install TAG: copies releases/TAG's delivery files over DEPLOY_DIR's, when the host
+# keeps that release (scripts/remote uploads them; a host laid out by hand has none).
+release_install() {
+    local files="$DEPLOY_ROOT/releases/$1"
+    [[ -n "$1" && -d "$files" ]] || return 0
+    echo "installing the delivery files of $1 ($files)"
+    cp -a "$files/." "$DEPLOY_ROOT/"
+}
+
+# release_stage UPLOAD TAG: keeps a copy of an upload as releases/TAG (the upload itself
+# runs this deploy; the next one removes it), first keeping the files of the live release
+# WAS ($3) as releases/WAS when the host has no copy of them yet, so that undoing this
+# deploy can put them back.
+release_stage() {
+    local upload="$1" tag="$2" was="${3:-}" entry
+    if [[ -n "$was" && ! -d "$DEPLOY_ROOT/releases/$was" ]]; then
+        mkdir -p "$DEPLOY_ROOT/releases/.keep"
+        for entry in "$upload"/*; do
+            entry="$(basename "$entry")"
+            if [[ -e "$DEPLOY_ROOT/$entry" ]]; then
+                cp -a "$DEPLOY_ROOT/$entry" "$DEPLOY_ROOT/releases/.keep/"
+            fi
+        done
+        mv -T "$DEPLOY_ROOT/releases/.keep" "$DEPLOY_ROOT/releases/$was"
+    fi
+    mkdir -p "$DEPLOY_ROOT/releases/$tag"
+    cp -a "$upload/." "$DEPLOY_ROOT/releases/$tag/"
+    find "$DEPLOY_ROOT/releases" -mindepth 1 -maxdepth 1 -name '.upload.*' ! -path "$upload" -exec rm -rf {} +
+}
+
+# record_live TAG WAS: TAG is current, WAS (the tag live before it) previous.
+record_live() {
+    if [[ -n "$2" && "$2" != "$1" ]]; then
+        state_set previous "$2"
+    fi
+    state_set current "$1"
+}
+
+# On a failure (any command's, under set -e), SIGTERM, SIGINT, SIGHUP (an ssh session
+# dropped) or SIGPIPE (its output gone), repair at once rather than at the next deploy.
+# Later signals are ignored so that they cannot cut the repair short; a SIGKILL can, and
+# leaves the journal to the next deploy or rollback.
+repair_on_signals() {
+    local signal
+    for signal in TERM INT HUP PIPE; do
+        # shellcheck disable=SC2064 # the signal's name, now
+        trap "interrupted $signal" "$signal"
+    done
+    trap 'repair_on_failure $?' EXIT
+}
+
+repair_on_failure() {
+    if (($1 != 0)) && [[ -f "$DEPLOY_STATE_DIR/deploying" ]]; then
+        trap '' TERM INT HUP PIPE
+        echo "deploy failed (exit status $1); repairing" >&2
+        repair
+    fi
+}
+
+interrupted() {
+    trap '' TERM INT HUP PIPE
+    if [[ "$1" == HUP || "$1" == PIPE ]]; then
+        exec >>"$DEPLOY_STATE_DIR/interrupted.log" 2>&1
+    fi
+    echo "deploy interrupted by SIG$1 ($(date -u +%FT%TZ)); repairing" >&2
+    # Under set -e: a failed repair leaves the journal for the next deploy or rollback.
+    repair
+    exit 1
 }
 
 # Waits until COLOR is healthy; fails at once when it is down, or after DEPLOY_HEALTH_TIMEOUT.

@@ -152,12 +152,18 @@ class Host:
         self.compose = Compose(engine, project, path, ["docker-compose.yml", "docker-compose.prod.yml"],
                                path / ".env")
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The host scripts' environment. DEPLOY_PULL=never: this engine reaches no registry;
+        the images were built into it (the EC2 host pulls every deploy's images)."""
+        return {**self.engine.env, "DEPLOY_HEALTH_TIMEOUT": "60", "DEPLOY_PULL": "never"}
+
     def script(self, *args: str, check: bool = True, timeout: float = 600, **env: str):
         """Runs one of the host's scripts (scripts/deploy, scripts/rollback, ...) from the host
         folder, as Jenkins does over ssh."""
         result = subprocess.run(
             [str(self.path / "scripts" / args[0]), *args[1:]],
-            env={**self.engine.env, "DEPLOY_HEALTH_TIMEOUT": "60", **env},
+            env={**self.env, **env},
             cwd=self.path, capture_output=True, text=True, timeout=timeout,
         )
         log(f"{' '.join(args)} exited {result.returncode}")

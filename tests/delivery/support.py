@@ -1,4 +1,4 @@
-"""Helpers of the delivery tests: scripts, processes, HTTP, the MySQL client, wrk load."""
+"""Helpers of the delivery tests: scripts, processes, HTTP, the MySQL client."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -15,14 +16,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from harness import eventually, free_port  # noqa: F401  (re-exported to the tests)
-from wrk import Wrk
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 HEALTH_TIMEOUT = 15
 SHUTDOWN_GRACE = 5
-
-
 
 
 def serving(process: subprocess.Popen, url: str) -> bool:
@@ -71,6 +69,51 @@ def run(args: list[str], *, env: dict[str, str], log: Path, cwd: Path = ROOT, ti
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.write_text(result.stdout)
     return Run(result.returncode, result.stdout, log, time.monotonic() - started)
+
+
+class Running:
+    """A script running in a session of its own (as over ssh, or as a Jenkins step), its
+    output read on a thread with the time each line came, so that a test can act on a line
+    (interrupt it at a phase) and time what happened between two lines."""
+
+    def __init__(self, args: list, env: dict[str, str], log: Path):
+        self.log = log
+        self.started = time.monotonic()
+        self.lines: list[tuple[float, str]] = []
+        self.process = subprocess.Popen([str(a) for a in args], cwd=ROOT, env=env, text=True, start_new_session=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append((time.monotonic(), line))
+
+    def when(self, text: str) -> float | None:
+        """time.monotonic() when a line holding `text` came, if one did."""
+        return next((at for at, line in list(self.lines) if text in line), None)
+
+    def wait_for_line(self, text: str, timeout: float = 120) -> float:
+        def seen():
+            at = self.when(text)
+            assert at is not None or self.reader.is_alive(), \
+                f"the script ended before printing {text!r}:\n{self.output()}"
+            return at
+
+        return eventually(seen, timeout, f"the line {text!r}", interval=0.01)
+
+    def signal_group(self, sig: int) -> None:
+        os.killpg(self.process.pid, sig)
+
+    def output(self) -> str:
+        return "".join(line for _, line in list(self.lines))
+
+    def wait(self, timeout: float = 300) -> Run:
+        self.process.wait(timeout)
+        self.reader.join(10)
+        output = self.output()
+        self.log.write_text(output)
+        return Run(self.process.returncode, output, self.log, time.monotonic() - self.started)
 
 
 def stop_pid(pid: int, grace: float) -> None:
@@ -208,44 +251,13 @@ class MariaDB:
             self.process.wait(timeout=60)
 
 
-class Load(Wrk):
-    """wrk through the host's nginx, whose JSON access log tells which upstream served each
-    request meanwhile."""
-
-    def __init__(self, url: str, access_log: Path, directory: Path, name: str):
-        self.access_log = access_log
-        self.first_line = self._lines()
-        self.last_line: int | None = None
-        super().__init__(url, directory, name)
-
-    def _lines(self) -> int:
-        with open(self.access_log, "rb") as log:
-            return sum(1 for _ in log)
-
-    def stop(self) -> dict:
-        summary = super().stop()
-        self.last_line = self._lines()
-        return summary
-
-    def upstreams(self) -> dict[str, int]:
-        """How many requests went to each upstream while the load ran, from nginx's JSON
-        access log."""
-        counts: dict[str, int] = {}
-        end = self.last_line if self.last_line is not None else float("inf")
-        with open(self.access_log) as log:
-            for number, line in enumerate(log):
-                if self.first_line <= number < end:
-                    address = json.loads(line)["upstream_addr"]
-                    counts[address] = counts.get(address, 0) + 1
-        return counts
-
-
 class ProcessHost:
     """A machine deployed to with the process driver: releases, state and nginx in one folder.
     Each release is the API binary (or a stand-in in releases/) beside the migrations it
     embeds, as the driver expects."""
 
-    RELEASES = {"v1": None, "v2": None, "crashes": HERE / "releases/crashes-at-start"}
+    RELEASES = {"v1": None, "v2": None, "crashes": HERE / "releases/crashes-at-start",
+                "rejects-posts": HERE / "releases/rejects-posts"}
 
     def __init__(self, directory: Path, api_bin: Path, database_env: dict[str, str], releases: dict | None = None):
         self.dir = directory
@@ -282,11 +294,16 @@ class ProcessHost:
         """scripts/NAME ARGS from the checkout, on this machine."""
         return run([ROOT / "scripts" / name, *args], env={**self.env, **extra_env}, log=self._log(name, *args))
 
-    def remote(self, *args: str) -> Run:
-        """scripts/remote ARGS as Jenkins runs it; the EC2 host is the folder host/ here."""
+    def start(self, name: str, *args: str, **extra_env: str) -> Running:
+        """scripts/NAME ARGS, left running."""
+        return Running([ROOT / "scripts" / name, *args], {**self.env, **extra_env}, self._log(name, *args))
+
+    def remote(self, *args: str) -> Running:
+        """scripts/remote ARGS as Jenkins runs it, left running; the EC2 host is the folder
+        host/ here."""
         env = {**self.env, "PATH": f"{HERE / 'bin'}:{os.environ['PATH']}",
                "DEPLOY_HOST": "deploy@ec2.test", "DEPLOY_DIR": str(self.dir / "host")}
-        return run([ROOT / "scripts/remote", *args], env=env, log=self._log("remote", *args))
+        return Running([ROOT / "scripts/remote", *args], env, self._log("remote", *args))
 
     def recorded(self, name: str) -> str:
         path = self.state / name
@@ -299,8 +316,34 @@ class ProcessHost:
         recorded = self.recorded(f"{color}.pid")
         return int(recorded) if recorded and Path(f"/proc/{recorded}").exists() else None
 
-    def load(self, name: str) -> Load:
-        return Load(self.url + "/api/messages?limit=10", self.access_log, self.dir, name)
+    def lines(self) -> int:
+        """How many requests nginx's access log holds, to count from."""
+        with open(self.access_log, "rb") as log:
+            return sum(1 for _ in log)
+
+    def upstreams(self, since: int) -> dict[str, int]:
+        """How many requests went to each upstream since the access log held `since` lines."""
+        counts: dict[str, int] = {}
+        with open(self.access_log) as log:
+            for line in list(log)[since:]:
+                address = json.loads(line)["upstream_addr"]
+                counts[address] = counts.get(address, 0) + 1
+        return counts
+
+    def assert_consistent(self) -> None:
+        """No deploy under way, and the state files, nginx's upstream (the one it actually
+        uses: where its last requests went) and the running colors agree."""
+        assert not (self.state / "deploying").exists(), (self.state / "deploying").read_text()
+        color = self.recorded("color")
+        upstream = f"127.0.0.1:{self.ports[color]}"
+        assert self.recorded("api-upstream") == upstream
+        assert f"server {upstream}" in (self.nginx / "conf.d/default.conf").read_text()
+        since = self.lines()
+        for _ in range(5):
+            assert answers(self.url + "/api/messages?limit=1")
+        served = set(self.upstreams(since))
+        assert served == {upstream}, f"nginx sent requests to {served}, not only to {color} ({upstream})"
+        self.assert_serves(self.recorded("current"))
 
     def assert_serves(self, tag: str) -> None:
         """nginx answers, the live color runs release TAG and the idle color runs nothing."""

@@ -1,8 +1,8 @@
 """What the pytest suites that start processes share: free ports, waiting on evidence, the
 API binary, and the run's folder, removed after a green run and kept (its path printed)
 after a failed one. Beside it: client.py (HTTP with timing), stream.py (the live stream
-read on a thread), load.py (threads of HTTP clients) and wrk.py (wrk through
-nginx).
+read on a thread), load.py (threads of HTTP clients) and traffic.py (users during a
+deploy: keep-alive readers, writers with Idempotency-Keys, a resumed live stream).
 
 A suite's conftest.py puts this folder on sys.path and takes the fixtures and hooks:
 

@@ -1,6 +1,7 @@
 """Load for the tests: `Clients`, threads of HTTP clients that keep every answer, for rules
-about each answer, started and stopped on evidence that requests went through. `wrk.Wrk`
-is the same for wrk, in a module of its own so that only the suites that run wrk call it."""
+about each answer, started and stopped on evidence that requests went through. Deploys
+use `traffic.Traffic`, which also keeps connections alive, writes idempotently and holds a
+live stream."""
 
 from __future__ import annotations
 
