@@ -134,6 +134,7 @@ def test_scripts_remote_ships_every_folder_the_compose_services_mount():
             source = volume.split(":")[0]
             if source.startswith("./"):
                 mounted.add(source[2:].split("/")[0])
-    # The host's own state (prepare-host makes them), not delivery files.
-    mounted -= {"db-data", "backups", ".deploy"}
+    # The host's own state (prepare-host makes them), not delivery files: tls/ and acme/ hold
+    # the certificate certbot renews and its HTTP-01 challenges.
+    mounted -= {"db-data", "backups", ".deploy", "tls", "acme"}
     assert "monitoring" in mounted and mounted <= shipped, f"mounted, not shipped: {sorted(mounted - shipped)}"
