@@ -6,7 +6,7 @@
 MARIADB_PACKAGES=(mariadb-server mariadb-client)
 
 # Starts the server and exports TEST_MYSQL_URL (server URL without a database) and
-# MARIADB_DIR, MARIADB_PORT, MARIADB_SOCKET.
+# MARIADB_DIR, MARIADB_PORT, MARIADB_SOCKET. Arguments, if any, are more server options.
 mariadb_start() {
     ensure_packages "${MARIADB_PACKAGES[@]}"
     local mariadbd
@@ -26,7 +26,7 @@ mariadb_start() {
     "$mariadbd" --no-defaults "${user[@]}" --datadir="$MARIADB_DIR/data" \
         --socket="$MARIADB_SOCKET" --port="$MARIADB_PORT" --bind-address=127.0.0.1 \
         --skip-name-resolve --pid-file="$MARIADB_DIR/mariadb.pid" \
-        --log-error="$MARIADB_DIR/error.log" --max-connections=500 &
+        --log-error="$MARIADB_DIR/error.log" --max-connections=500 "$@" &
     MARIADB_PID=$!
     export MARIADB_PID
     if ! wait_for 60 mariadb-admin --no-defaults --socket="$MARIADB_SOCKET" -uroot ping; then

@@ -5,6 +5,9 @@ Run through scripts/test-delivery, which installs what these need.
     API_BIN         the API binary (default target/debug/messages-api; not built here)
     TEST_MYSQL_URL  mysql://user[:password]@host[:port] of a server to create databases on;
                     unset: a throwaway MariaDB is started for the run
+    TEST_MYSQL_THROWAWAY  set: that server is the run's own (scripts/test starts it with
+                    binary logs), so the point-in-time tests must find --log-bin and may
+                    reset its binary logs
 
 Everything started is stopped at the end. The run's folder (API, nginx, wrk and script
 logs) is removed after a green run and kept, with its path printed, after a failed one.
