@@ -7,6 +7,7 @@ MARIADB_PACKAGES=(mariadb-server mariadb-client)
 
 # Starts the server and exports TEST_MYSQL_URL (server URL without a database) and
 # MARIADB_DIR, MARIADB_PORT, MARIADB_SOCKET. Arguments, if any, are more server options.
+# shellcheck disable=SC2120 # most callers want the defaults
 mariadb_start() {
     ensure_packages "${MARIADB_PACKAGES[@]}"
     local mariadbd
