@@ -125,11 +125,15 @@ class Host:
             shutil.copy2(ROOT / name, target)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Published even with TLS off: two stacks up at once (a module's and a test's own)
+        # must not both ask for the default 127.0.0.1:8443.
+        self.https_port = free_port()
         # The deploy user owns backups/ and runs the backup service as itself.
         self.backup_uid = 1000
         (path / ".env").write_text(
             f"COMPOSE_PROJECT_NAME={project}\nREGISTRY={registry}\nIMAGE_TAG={tag}\n"
-            f"HTTP_PORT=127.0.0.1:{self.port}\nMYSQL_DATABASE=messages\nMYSQL_USER=messages\n"
+            f"HTTP_PORT=127.0.0.1:{self.port}\nHTTPS_PORT=127.0.0.1:{self.https_port}\n"
+            f"MYSQL_DATABASE=messages\nMYSQL_USER=messages\n"
             f"BACKUP_UID={self.backup_uid}\nBACKUP_GID={self.backup_uid}\n"
         )
         (path / "secrets").mkdir(mode=0o700)
