@@ -226,9 +226,10 @@ web_content() {
     docker image inspect -f '{{index .Config.Labels "io.github.two-tier-rs.messages.web-content"}}' "$1"
 }
 
-# TAG's web image, as compose names it.
+# TAG's web image, as compose names it (config --images lists every service's, whatever
+# services it is given).
 web_image() {
-    IMAGE_TAG="$1" compose config --images web
+    IMAGE_TAG="$1" compose config --images | grep '/messages-web:' | sort -u
 }
 
 # The candidate web container's name: one per compose project, so a leftover one is found.
