@@ -157,7 +157,9 @@ def test_v1_to_v2_checks_the_new_web_image_then_switches_within_the_bounds(prod,
         "latency_p99_ms": round(report.p99_ms, 1), "switch_latency_p99_ms": round(report.window_p99_ms, 1),
         "switch_requests": report.window_requests,
     }
-    assert report.window_p99_ms <= SWITCH_P99_MS, report
+    # A request sent into the gap can wait for it (a connection attempt retried after 1 s),
+    # so during this switch the bound is the gap's plus the usual one.
+    assert report.window_p99_ms <= SWITCH_P99_MS + WEB_GAP_SECONDS * 1000, report
     assert "Deployed v2" in output
 
 
