@@ -143,12 +143,50 @@ driver_stop() {
 }
 
 # The web container renders the recorded upstream when it starts, and nginx-reload renders
-# it again in a running one.
+# it again in a running one. When TAG's web image has other content than the running one
+# (scripts/images labels it with a hash of the frontend, the proxy config and the base), the
+# container is replaced instead: at the switch to a new release, and when a repair switches
+# back to the live one. Explicit returns: switch_to runs inside a condition (no set -e).
 driver_proxy_apply() {
-    if [[ -n "$(compose_container web)" ]]; then
-        compose exec -T web nginx-reload
+    local tag="$1" id
+    id="$(compose_container web)"
+    if [[ -z "$id" ]]; then
+        IMAGE_TAG="$tag" compose up -d --no-deps --wait web || return 1
+    elif [[ "$(web_content "$(docker inspect -f '{{.Image}}' "$id")")" == "$(web_content "$(web_image "$tag")")" ]]; then
+        compose exec -T web nginx-reload || return 1
     else
-        IMAGE_TAG="$DEPLOY_TAG" compose up -d --no-deps --wait web
+        compose_web_replace "$tag" || return 1
+    fi
+}
+
+# Docker publishes a host port to one container only, so the new nginx can start only once
+# the old one is gone: new connections are refused in between. docker stop sends SIGQUIT
+# (the image's STOPSIGNAL): nginx closes its listeners at once and finishes its requests,
+# but would keep held live streams (and so the port) up to worker_shutdown_timeout (5 s).
+# DEPLOY_WEB_STOP_TIMEOUT (seconds, default 1) bounds that wait: ordinary requests end well
+# within it, and the streams cut after it resume with Last-Event-ID on the new nginx. The
+# new one is then polled on the published port rather than through its health check
+# (an interval of 10 s), so the switch returns as soon as it serves.
+compose_web_replace() {
+    local tag="$1" started=$SECONDS deadline=$((SECONDS + ${DEPLOY_HEALTH_TIMEOUT:-120})) url tls=()
+    echo "web: $tag brings other frontend or proxy content; replacing nginx with $(web_image "$tag")"
+    IMAGE_TAG="$tag" compose up -d --no-deps --timeout "${DEPLOY_WEB_STOP_TIMEOUT:-1}" web || return 1
+    url="$(driver_proxy_url)" || return 1
+    if [[ "$url" == https://* ]]; then
+        tls=(--insecure)
+    fi
+    until curl -fsS -o /dev/null --max-time 1 "${tls[@]}" "$url/" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            echo "web: the new nginx does not answer on $url after ${DEPLOY_HEALTH_TIMEOUT:-120}s" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+    echo "web: the new nginx answers on $url (replaced in about $((SECONDS - started))s)"
+    # nginx-exporter shares web's network namespace (network_mode: service:web): it is
+    # recreated with it, or it would be left in the old container's.
+    if [[ -n "$(compose --profile monitoring ps -q nginx-exporter 2>/dev/null)" ]]; then
+        IMAGE_TAG="$tag" compose --profile monitoring up -d --no-deps --force-recreate nginx-exporter || return 1
     fi
 }
 
@@ -157,17 +195,25 @@ driver_proxy_running() {
 }
 
 # nginx's master is the web container's pid 1; its children are the workers (read from
-# /proc: the nginx image has no pgrep).
+# /proc: the nginx image has no pgrep). Each pid is qualified by its container's id: a
+# replaced container's pids start again from 1 and may repeat the old ones.
 driver_proxy_workers() {
-    compose exec -T web cat /proc/1/task/1/children 2>/dev/null | tr ' ' '\n' | grep . || true
+    local id
+    id="$(compose_container web)"
+    [[ -n "$id" ]] || return 0
+    docker exec "$id" cat /proc/1/task/1/children 2>/dev/null | tr ' ' '\n' | grep . | sed "s/^/${id:0:12}:/" || true
 }
 
-# With NGINX_TLS=on in .env the plain port only redirects, so the smoke test goes through
-# HTTPS (scripts/smoke-test does not verify a loopback address's certificate, which names
-# the public domain, or is still the placeholder before the first one is issued).
+# With NGINX_TLS=on in .env the plain port only redirects, so the checks go through HTTPS,
+# without verifying the certificate: it names the public domain, not this address (or is
+# still the placeholder before the first one is issued).
+compose_tls_on() {
+    [[ "$(sed -n 's/^NGINX_TLS=//p' "$DEPLOY_ROOT/.env" 2>/dev/null | tail -n 1)" == on ]]
+}
+
 driver_proxy_url() {
     local published
-    if [[ "$(sed -n 's/^NGINX_TLS=//p' "$DEPLOY_ROOT/.env" 2>/dev/null | tail -n 1)" == on ]]; then
+    if compose_tls_on; then
         published="$(compose port web 8443)"
         echo "https://127.0.0.1:${published##*:}"
     else
@@ -180,30 +226,96 @@ web_content() {
     docker image inspect -f '{{index .Config.Labels "io.github.two-tier-rs.messages.web-content"}}' "$1"
 }
 
+# TAG's web image, as compose names it (config --images lists every service's, whatever
+# services it is given).
+web_image() {
+    IMAGE_TAG="$1" compose config --images | grep '/messages-web:' | sort -u
+}
+
+# The candidate web container's name: one per compose project, so a leftover one is found.
+web_candidate_name() {
+    echo "$(compose config | sed -n 's/^name: //p' | head -n 1)-web-candidate"
+}
+
+# When TAG's web image has other content than the running one, it is checked before the
+# switch: a candidate container of it, without published ports, pointed at COLOR (its own
+# state folder holds COLOR's upstream), must answer the page and pass the smoke test on its
+# frontend address. Users never reach it; it is removed either way.
+driver_proxy_verify() {
+    local color="$1" tag="$2" id name candidate_state ip url tls=() deadline page ok=0
+    id="$(compose_container web)"
+    if [[ -n "$id" && "$(web_content "$(docker inspect -f '{{.Image}}' "$id")")" == "$(web_content "$(web_image "$tag")")" ]]; then
+        echo "web: frontend and proxy config unchanged; nginx keeps running and reloads at the switch"
+        return 0
+    fi
+    if [[ -z "$id" ]]; then
+        echo "web: no nginx runs yet; it starts at the switch"
+        return 0
+    fi
+    step "Checking $tag's new web image in a candidate container (no published port) pointed at $color"
+    name="$(web_candidate_name)"
+    driver_proxy_cleanup
+    candidate_state="$DEPLOY_STATE_DIR/web-candidate"
+    mkdir -p "$candidate_state"
+    printf '%s\n' "$(driver_upstream "$color")" >"$candidate_state/api-upstream"
+    DEPLOY_STATE_DIR="$candidate_state" IMAGE_TAG="$tag" \
+        compose run -d --no-deps --name "$name" web >/dev/null || return 1
+    ip="$(docker inspect -f '{{range $name, $net := .NetworkSettings.Networks}}{{$name}} {{$net.IPAddress}}{{"\n"}}{{end}}' \
+        "$name" | awk '$1 ~ /_frontend$/ {print $2}')"
+    if [[ -z "$ip" ]]; then
+        echo "web: the candidate $name is on no frontend network" >&2
+        driver_proxy_cleanup
+        return 1
+    fi
+    if compose_tls_on; then
+        url="https://$ip:8443"
+        tls=(--insecure)
+    else
+        url="http://$ip:8080"
+    fi
+    deadline=$((SECONDS + 30))
+    until curl -fsS -o /dev/null --max-time 1 "${tls[@]}" "$url/" 2>/dev/null; do
+        if ((SECONDS >= deadline)) || [[ "$(docker inspect -f '{{.State.Running}}' "$name")" != true ]]; then
+            echo "web: the candidate does not serve the page on $url; its log:" >&2
+            docker logs --tail 30 "$name" >&2 2>&1 || true
+            break
+        fi
+        sleep 0.2
+    done
+    if page="$(curl -fsS --max-time 5 "${tls[@]}" "$url/")" && [[ "$page" == *'</html>'* ]] &&
+        echo "web candidate: GET / -> 200 with the page" &&
+        "$DEPLOY_LIB/../smoke-test" "${tls[@]}" "$url"; then
+        ok=1
+    fi
+    driver_proxy_cleanup
+    if ((ok)); then
+        echo "web: $tag's web image passed the checks on $url"
+    else
+        echo "web: $tag's web image failed the checks on $url" >&2
+        return 1
+    fi
+}
+
+# Removes what an interrupted driver_proxy_verify left (idempotent).
+driver_proxy_cleanup() {
+    local name
+    name="$(web_candidate_name)"
+    if [[ -n "$(docker ps -aq --filter "name=^${name}\$")" ]]; then
+        echo "web: removing the candidate container $name"
+        docker rm -f "$name" >/dev/null
+    fi
+    rm -rf "$DEPLOY_STATE_DIR/web-candidate"
+}
+
 driver_finish() {
-    local tag="$1" env_file="$DEPLOY_ROOT/.env" new_web running_web
+    local tag="$1" env_file="$DEPLOY_ROOT/.env"
     echo "recording IMAGE_TAG=$tag in $env_file"
     if grep -q '^IMAGE_TAG=' "$env_file"; then
         sed -i "s/^IMAGE_TAG=.*/IMAGE_TAG=$tag/" "$env_file"
     else
         echo "IMAGE_TAG=$tag" >>"$env_file"
     fi
-    # The backup service runs the live release's scripts (and definition).
+    # The backup service runs the live release's scripts (and definition). nginx was
+    # switched to TAG's web image already, before the commit (driver_proxy_apply).
     compose up -d --no-deps backup
-    # Recreating nginx drops its connections for a moment, so it happens only when the
-    # frontend or the proxy config changed (scripts/images labels the web image with a hash
-    # of both); API-only releases keep nginx running.
-    new_web="$(compose config --images | grep '/messages-web:')"
-    running_web="$(docker inspect -f '{{.Image}}' "$(compose_container web)")"
-    if [[ "$(web_content "$new_web")" == "$(web_content "$running_web")" ]]; then
-        echo "web: frontend and proxy config unchanged; nginx keeps running"
-    else
-        echo "web: frontend or proxy config changed; recreating nginx"
-        compose up -d --no-deps --wait web
-        # nginx-exporter shares web's network namespace (network_mode: service:web): it is
-        # recreated with it, or it would be left in the old container's.
-        if [[ -n "$(compose --profile monitoring ps -q nginx-exporter 2>/dev/null)" ]]; then
-            compose --profile monitoring up -d --no-deps --force-recreate nginx-exporter
-        fi
-    fi
 }

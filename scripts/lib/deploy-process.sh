@@ -139,7 +139,18 @@ driver_stop() {
     rm -f "$DEPLOY_STATE_DIR/$color.pid"
 }
 
+# nginx here is this machine's, configured from the release's nginx/ at each render: no
+# image to check or replace.
+driver_proxy_verify() {
+    :
+}
+
+driver_proxy_cleanup() {
+    :
+}
+
 # Explicit returns: scripts/deploy calls this inside a condition, where set -e is off.
+# Whatever TAG, the same local nginx, reloaded.
 driver_proxy_apply() {
     nginx_render "$DEPLOY_NGINX_PREFIX" "$(state_get api-upstream)" "$DEPLOY_NGINX_LISTEN" || return 1
     nginx_check "$DEPLOY_NGINX_PREFIX" || return 1

@@ -24,9 +24,15 @@
 #   driver_upstream COLOR     print the host:port nginx uses to reach COLOR
 #   driver_color_url COLOR    print COLOR's own base URL on this machine, past nginx
 #   driver_stop COLOR         stop COLOR gracefully (it finishes in-flight requests)
+#   driver_proxy_verify COLOR TAG  when TAG brings a new nginx (the compose driver's web
+#                             image), check it beside the live one, pointed at COLOR, before
+#                             anyone reaches it
+#   driver_proxy_cleanup      remove what an interrupted driver_proxy_verify left
 #   driver_proxy_running      succeed when nginx runs
-#   driver_proxy_apply        make nginx use state/api-upstream: reload, or start it
-#   driver_proxy_workers      print the pids of nginx's worker processes
+#   driver_proxy_apply TAG    make nginx use state/api-upstream: reload, start it, or replace
+#                             it by TAG's when TAG's differs from the running one
+#   driver_proxy_workers      print nginx's worker processes, each one id (a pid, qualified by
+#                             whatever makes it unique, such as its container)
 #   driver_proxy_url          print nginx's base URL on this machine
 #   driver_finish TAG         driver bookkeeping once TAG is live (idempotent: repair reruns it)
 # and, for scripts/restore, the database:
@@ -94,7 +100,9 @@ state_lock() {
 # The journal: `deploying` holds what a deploy under way changes, written (atomically, as
 # every state value) before each phase. The phases, in order:
 #   prepare migrate start verify    the live color serves; TAG is fetched, started, smoke-tested
-#   switch                          nginx is being pointed at the new color
+#                                   (a new web image too, in a candidate container)
+#   switch                          nginx is being pointed at the new color (and replaced by
+#                                   TAG's, when its web image changed)
 #   committed                       nginx serves the new color only; the rest is bookkeeping
 journal_begin() {
     JOURNAL_TAG="$1" JOURNAL_FROM="$2" JOURNAL_TO="$3" JOURNAL_WAS="$4"
@@ -121,18 +129,19 @@ journal_read() {
     done <"$DEPLOY_STATE_DIR/deploying"
 }
 
-# Points nginx at COLOR and returns once every worker that served the old upstream has
-# finished its requests and exited, so nothing reaches the other color any more.
+# Points nginx at COLOR, running TAG's nginx (the release whose web image must serve), and
+# returns once every worker that served the old upstream has finished its requests and
+# exited, so nothing reaches the other color any more.
 switch_to() {
-    local color="$1" before pid deadline=$((SECONDS + 60))
+    local color="$1" tag="$2" before worker deadline=$((SECONDS + 60))
     before="$(driver_proxy_workers)"
     state_set color "$color"
     state_set api-upstream "$(driver_upstream "$color")"
-    driver_proxy_apply || return 1
-    for pid in $before; do
-        while driver_proxy_workers | grep -qx "$pid"; do
+    driver_proxy_apply "$tag" || return 1
+    for worker in $before; do
+        while driver_proxy_workers | grep -qxF "$worker"; do
             if ((SECONDS >= deadline)); then
-                echo "nginx worker $pid still runs after 60s" >&2
+                echo "nginx worker $worker still runs after 60s" >&2
                 return 1
             fi
             sleep 0.2
@@ -149,10 +158,11 @@ switch_to() {
 repair() {
     [[ -f "$DEPLOY_STATE_DIR/deploying" ]] || return 0
     journal_read
+    driver_proxy_cleanup
     if [[ "$JOURNAL_PHASE" == committed ]]; then
         step "Repair: finishing the deploy of $JOURNAL_TAG on $JOURNAL_TO (it was interrupted after the switch)"
         if [[ "$(state_get api-upstream)" != "$(driver_upstream "$JOURNAL_TO")" ]]; then
-            switch_to "$JOURNAL_TO"
+            switch_to "$JOURNAL_TO" "$JOURNAL_TAG"
         fi
         record_live "$JOURNAL_TAG" "$JOURNAL_WAS"
         step "Draining and stopping $JOURNAL_FROM"
@@ -163,14 +173,17 @@ repair() {
         if [[ -n "$JOURNAL_WAS" && "$(driver_status "$JOURNAL_FROM")" != healthy ]]; then
             echo "warning: $JOURNAL_FROM, which served $JOURNAL_WAS, is not healthy" >&2
         fi
-        if driver_proxy_running; then
-            switch_to "$JOURNAL_FROM"
+        # The live release's files first: its nginx is started from its own definition.
+        release_install "$JOURNAL_WAS"
+        # An nginx that is not running while a release was live was being replaced: it is
+        # started again, from the live release's web image.
+        if driver_proxy_running || [[ -n "$JOURNAL_WAS" ]]; then
+            switch_to "$JOURNAL_FROM" "$JOURNAL_WAS"
         else
             state_set color "$JOURNAL_FROM"
             state_set api-upstream "$(driver_upstream "$JOURNAL_FROM")"
         fi
         driver_stop "$JOURNAL_TO"
-        release_install "$JOURNAL_WAS"
     fi
     rm -f "$DEPLOY_STATE_DIR/deploying"
     echo "repaired: $(state_get color) serves $(state_get current nothing)"

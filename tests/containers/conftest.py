@@ -76,14 +76,20 @@ _images_failed: list[str] = []
 @pytest.fixture(scope="session")
 def images(engine):
     """The stand-in base images, then the project's two images as v1 and v2 (the same
-    source with another VERSION build argument, for the deploys). A failed build is not
-    retried for every test that needs the images."""
+    source with another VERSION build argument, for the deploys), v2's page with one more
+    line (V2_PAGE_MARKER), so that a deploy between them replaces the web container. A
+    failed build is not retried for every test that needs the images."""
+    from stack import V2_PAGE_MARKER, derive_web_image
+
     if _images_failed:
         pytest.fail(f"the images could not be built: {_images_failed[0]}", pytrace=False)
     try:
         build_stand_ins(engine)
         for tag in ("v1", "v2"):
             build_images(engine, tag)
+        engine.docker("tag", f"{REGISTRY}/messages-web:v2", f"{REGISTRY}/messages-web:v2-unmarked")
+        derive_web_image(engine, REGISTRY, "v2-unmarked", "v2",
+                         f"RUN sed -i 's|<title>|{V2_PAGE_MARKER}<title>|' /usr/share/nginx/html/index.html")
     except Exception as error:
         _images_failed.append(str(error).splitlines()[0] if str(error) else repr(error))
         raise

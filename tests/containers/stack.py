@@ -20,6 +20,21 @@ DB_UID = 999
 DELIVERY_FILES = ("docker-compose.yml", "docker-compose.prod.yml", "docker", "scripts", "nginx", "web")
 
 
+# scripts/images labels the web image with a hash of its content; the deploy compares it.
+WEB_CONTENT_LABEL = "io.github.two-tier-rs.messages.web-content"
+# What v2 adds to the page (conftest.py): the page a user gets tells which web image serves.
+V2_PAGE_MARKER = '<meta name="release" content="v2">'
+
+
+def derive_web_image(engine: Engine, registry: str, base: str, tag: str, instructions: str) -> None:
+    """messages-web:TAG made from messages-web:BASE by one more layer (run as root), with its
+    own web-content label, as scripts/images would give changed content."""
+    label = engine.image_label(f"{registry}/messages-web:{base}", WEB_CONTENT_LABEL)
+    engine.docker("build", "--tag", f"{registry}/messages-web:{tag}", "-",
+                  input=f"FROM {registry}/messages-web:{base}\nUSER root\n{instructions}\nUSER 101\n"
+                        f"LABEL {WEB_CONTENT_LABEL}={label}-{tag}\n")
+
+
 @dataclass
 class Response:
     status: int

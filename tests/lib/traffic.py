@@ -51,6 +51,17 @@ class Report:
     window_p99_ms: float | None
     window_requests: int
     problems: list[str] = field(default_factory=list)
+    # Attempts to resume the stream that got no answer during the outage stop() was told of.
+    stream_retries_in_outage: int = 0
+
+    @property
+    def unanswered_span(self) -> tuple[float, float] | None:
+        """From the start of the first request that got no answer to the end of the last
+        (time.monotonic()): how long new connections found no server."""
+        unanswered = [s for s in self.failed if s.status == 0]
+        if not unanswered:
+            return None
+        return min(s.started for s in unanswered), max(s.started + s.seconds for s in unanswered)
 
     def __str__(self) -> str:
         window = (f", {self.window_requests} during the switch with p99 {self.window_p99_ms:.0f} ms"
@@ -126,7 +137,7 @@ class ResumingStream:
         self.done: list = []  # events of the streams that ended
         self.current: Stream | None = None
         self.resumed = 0
-        self.failures: list[str] = []
+        self.failures: list[tuple[float, str]] = []  # (time.monotonic(), what)
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.current = Stream(base)
@@ -151,7 +162,7 @@ class ResumingStream:
                 try:
                     resumed = Stream(self.base, last_event_id=last)
                 except (AssertionError, OSError, http.client.HTTPException) as error:
-                    self.failures.append(f"resuming the stream from {last}: {error!r}")
+                    self.failures.append((time.monotonic(), f"resuming the stream from {last}: {error!r}"))
                     self.stop_event.wait(0.5)
                     continue
                 with self.lock:
@@ -220,14 +231,18 @@ class Traffic:
             self.stop_event.wait(pause)
         connection.close()
 
-    def stop(self, window: tuple[float, float] | None = None) -> Report:
+    def stop(self, window: tuple[float, float] | None = None,
+             outage: tuple[float, float] | None = None) -> Report:
         """Stops the clients, checks every acknowledged write (read back through `base`, and
         had by the stream), and reports; `window` (monotonic start, end) picks the requests
-        whose p99 is reported apart (those started during the switch)."""
+        whose p99 is reported apart (those started during the switch). During `outage`, when
+        the server is known not to listen, a failed attempt to resume the stream is counted,
+        not a problem: EventSource tries again, as the stream here does."""
         self.stop_event.set()
         for thread in self.threads:
             thread.join(self.timeout + 5)
-        problems = list(self.stream.failures)
+        in_outage = [what for at, what in self.stream.failures if outage and outage[0] <= at <= outage[1]]
+        problems = [what for at, what in self.stream.failures if not (outage and outage[0] <= at <= outage[1])]
         wanted = set(self.acknowledged)
 
         def streamed() -> set[int]:
@@ -256,7 +271,7 @@ class Traffic:
             writes=len(self.acknowledged), stream_resumed=self.stream.resumed,
             p99_ms=p99([s.seconds for s in self.sent]),
             window_p99_ms=p99([s.seconds for s in in_window]) if window else None,
-            window_requests=len(in_window), problems=problems,
+            window_requests=len(in_window), problems=problems, stream_retries_in_outage=len(in_outage),
         )
 
     def kill(self) -> None:
