@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -16,8 +17,15 @@ from harness import eventually, free_port
 
 # The database container's user (docker-compose.prod.yml, db's `user:`).
 DB_UID = 999
-# What scripts/remote copies to the EC2 host: everything scripts/deploy and its drivers read.
-DELIVERY_FILES = ("docker-compose.yml", "docker-compose.prod.yml", "docker", "scripts", "nginx", "web")
+
+
+def delivery_files() -> list[str]:
+    """What scripts/remote copies to the EC2 host (its `delivery_files`): everything
+    scripts/deploy and its drivers read, and what the monitoring profile mounts."""
+    found = re.search(r"^delivery_files=\(([^)]*)\)", (ROOT / "scripts/remote").read_text(), re.MULTILINE)
+    if not found:
+        raise RuntimeError("scripts/remote: no delivery_files=(...)")
+    return found.group(1).split()
 
 
 @dataclass
@@ -118,7 +126,7 @@ class Host:
         self.project = project
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
-        files = run("git", "ls-files", "-z", "--", *DELIVERY_FILES, cwd=ROOT, capture_output=True).stdout
+        files = run("git", "ls-files", "-z", "--", *delivery_files(), cwd=ROOT, capture_output=True).stdout
         for name in filter(None, files.split("\0")):
             target = path / name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""Where the test Alertmanager's notifications arrive: a real SMTP server (aiosmtpd) and a
-real HTTP listener taking Slack's incoming-webhook JSON, both on local ports, each keeping
-what it received in order."""
+"""Where the test Alertmanagers' notifications arrive (tests/monitoring's process, and
+tests/containers' container): a real SMTP server (aiosmtpd) and a real HTTP listener taking
+Slack's incoming-webhook JSON, each keeping what it received in order."""
 
 import email
 import email.policy
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult
 
 
 @dataclass
@@ -24,21 +25,58 @@ class Notification:
     at: float
 
 
-class SmtpReceiver:
-    """aiosmtpd's SMTP server in a thread; keeps each mail's recipients, subject and text."""
+class _Relay(SMTP):
+    # The LOGIN prompts Postfix (Cyrus SASL) and Exchange send, and the only ones
+    # Alertmanager's LOGIN answers: aiosmtpd's own ("User Name\0") it refuses as "unexpected
+    # server challenge".
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
-    def __init__(self, port):
+
+class _RelayController(Controller):
+    def factory(self):
+        return _Relay(self.handler, **self.SMTP_kwargs)
+
+
+class SmtpReceiver:
+    """aiosmtpd's SMTP server in a thread; keeps each mail's recipients, subject and text,
+    and how it came: over TLS or not, and as which login.
+
+    With `tls_context` it offers STARTTLS and refuses mail before it (a relay that requires
+    TLS); with `logins` ({username: password}) it requires AUTH (LOGIN or PLAIN, only over
+    TLS, as aiosmtpd allows by default; `mechanisms` narrows the offer) and keeps every
+    attempt in `auth_attempts`."""
+
+    def __init__(self, port, host="127.0.0.1", tls_context=None, logins=None, mechanisms=("LOGIN", "PLAIN")):
         self.mails = []
+        self.auth_attempts = []
         self._lock = threading.Lock()
-        self.controller = Controller(self, hostname="127.0.0.1", port=port)
-        self.smarthost = f"127.0.0.1:{port}"
+        self._logins = logins
+        options = {}
+        if tls_context:
+            options.update(tls_context=tls_context, require_starttls=True)
+        if logins is not None:
+            options.update(authenticator=self._authenticate, auth_required=True,
+                           auth_exclude_mechanism={"LOGIN", "PLAIN"} - set(mechanisms))
+        self.controller = _RelayController(self, hostname=host, port=port, **options)
+        self.smarthost = f"{host}:{port}"
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        success = self._logins.get(login) == password
+        with self._lock:
+            self.auth_attempts.append({"mechanism": mechanism, "login": login, "success": success})
+        return AuthResult(success=success, auth_data={"mechanism": mechanism, "login": login})
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         body = message.get_body(preferencelist=("plain",))
+        # session.ssl: the TLS connection's details once STARTTLS succeeded, None before.
+        tls = session.ssl["ssl_object"].version() if session.ssl else None
         with self._lock:
             self.mails.append({"at": time.monotonic(), "from": envelope.mail_from, "to": list(envelope.rcpt_tos),
-                               "subject": str(message["Subject"]), "text": body.get_content() if body else ""})
+                               "subject": str(message["Subject"]), "text": body.get_content() if body else "",
+                               "tls": tls, "auth": session.auth_data if session.authenticated else None})
         return "250 Message accepted for delivery"
 
     def notifications(self):
