@@ -148,7 +148,7 @@ class Host:
             (path / "secrets" / name).chmod(0o444)
             self.secrets[name] = value
         # The alert receivers' secrets, empty as scripts/prepare-host leaves them for the operator.
-        for name in ("alert_smtp_password", "alert_webhook_url"):
+        for name in ("alert_smtp_password", "alert_smtp_ca", "alert_webhook_url"):
             (path / "secrets" / name).touch(mode=0o644)
         (path / "backups").mkdir(mode=0o700)
         shutil.chown(path / "backups", self.backup_uid, self.backup_uid)

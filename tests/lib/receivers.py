@@ -66,7 +66,9 @@ class SmtpReceiver:
         success = self._logins.get(login) == password
         with self._lock:
             self.auth_attempts.append({"mechanism": mechanism, "login": login, "success": success})
-        return AuthResult(success=success, auth_data={"mechanism": mechanism, "login": login})
+        # handled=False: aiosmtpd answers a failure with 535 itself (its default, True, would
+        # leave the client waiting for an answer).
+        return AuthResult(success=success, handled=False, auth_data={"mechanism": mechanism, "login": login})
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
