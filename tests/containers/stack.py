@@ -110,9 +110,20 @@ class Compose:
         result = self("logs", "--no-color", service, check=False)
         return result.stdout + result.stderr
 
+    def profiles(self) -> list[str]:
+        """Every profile the compose files name (monitoring)."""
+        import yaml
+
+        return sorted({profile for file in self.files
+                       for service in (yaml.safe_load((self.directory / file).read_text()).get("services") or {}).values()
+                       for profile in (service or {}).get("profiles", [])})
+
     def down(self):
         log(f"compose down -v ({self.project})")
-        self("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+        # With every profile: `down` leaves the containers and volumes of a profile that is
+        # not on, and the engine keeps them for the next run.
+        profiles = [arg for profile in self.profiles() for arg in ("--profile", profile)]
+        self(*profiles, "down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
 
 
 class Host:
@@ -137,7 +148,8 @@ class Host:
         self.backup_uid = 1000
         (path / ".env").write_text(
             f"COMPOSE_PROJECT_NAME={project}\nREGISTRY={registry}\nIMAGE_TAG={tag}\n"
-            f"HTTP_PORT=127.0.0.1:{self.port}\nMYSQL_DATABASE=messages\nMYSQL_USER=messages\n"
+            f"HTTP_PORT=127.0.0.1:{self.port}\nHTTPS_PORT=127.0.0.1:{free_port()}\n"
+            "MYSQL_DATABASE=messages\nMYSQL_USER=messages\n"
             f"BACKUP_UID={self.backup_uid}\nBACKUP_GID={self.backup_uid}\n"
         )
         (path / "secrets").mkdir(mode=0o700)

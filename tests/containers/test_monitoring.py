@@ -83,6 +83,8 @@ def monitoring(prod):
     try:
         yield prometheus, smtp, started
     finally:
+        # Stopped here, not at the session's end: the tests after these need the CPU.
+        prod.compose("--profile", "monitoring", "rm", "--force", "--stop", *SERVICES, check=False)
         smtp.stop()
 
 
