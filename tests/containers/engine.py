@@ -303,6 +303,16 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
         elif engine.image_label(image, CACHE_LABEL) != inputs:
             build_stand_in(engine, image, STAND_INS / folder, inputs)
         built[image] = inputs
+
+    # The monitoring profile's images but Grafana's, which Debian does not package: one
+    # Dockerfile, a target per image, built on one shared layer of packages.
+    inputs = inputs_hash(STAND_INS / "prometheus", debian_inputs)
+    for service, image in monitoring_images().items():
+        if pulled(engine, image):
+            pass
+        elif engine.image_label(image, CACHE_LABEL) != inputs:
+            build_stand_in(engine, image, STAND_INS / "prometheus", inputs, target=service)
+        built[image] = inputs
     return built
 
 
@@ -322,6 +332,20 @@ def pulled(engine: Engine, *images: str) -> bool:
             return False
         log(f"pulled {image}")
     return True
+
+
+# The monitoring profile's services that have a stand-in (stand-in-images/prometheus), each
+# the name of its target there.
+MONITORING_STAND_INS = ("prometheus", "alertmanager", "pushgateway", "mysqld-exporter", "nginx-exporter")
+
+
+def monitoring_images() -> dict[str, str]:
+    """{service: image} of the monitoring profile's services that have a stand-in, as
+    docker-compose.yml names them."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return {name: services[name]["image"] for name in MONITORING_STAND_INS}
 
 
 def compose_db_image() -> str:
@@ -349,12 +373,17 @@ class StagedContext:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def build_stand_in(engine: Engine, image: str, context: Path, inputs: str, *build_args: str) -> None:
+def build_stand_in(engine: Engine, image: str, context: Path, inputs: str, *build_args: str,
+                   target: str | None = None) -> None:
     log(f"building the stand-in {image}")
+    started = time.monotonic()
     args = ["build", "--network", "host", "--label", f"{CACHE_LABEL}={inputs}", "--tag", image]
+    if target:
+        args += ["--target", target]
     for arg in build_args:
         args += ["--build-arg", arg]
     engine.docker(*args, str(context))
+    log(f"built {image} in {time.monotonic() - started:.0f} s")
 
 
 def import_debian(engine: Engine, image: str, inputs: str) -> None:

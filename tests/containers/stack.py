@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -16,8 +17,15 @@ from harness import eventually, free_port
 
 # The database container's user (docker-compose.prod.yml, db's `user:`).
 DB_UID = 999
-# What scripts/remote copies to the EC2 host: everything scripts/deploy and its drivers read.
-DELIVERY_FILES = ("docker-compose.yml", "docker-compose.prod.yml", "docker", "scripts", "nginx", "web")
+
+
+def delivery_files() -> list[str]:
+    """What scripts/remote copies to the EC2 host (its `delivery_files`): everything
+    scripts/deploy and its drivers read, and what the monitoring profile mounts."""
+    found = re.search(r"^delivery_files=\(([^)]*)\)", (ROOT / "scripts/remote").read_text(), re.MULTILINE)
+    if not found:
+        raise RuntimeError("scripts/remote: no delivery_files=(...)")
+    return found.group(1).split()
 
 
 # scripts/images labels the web image with a hash of its content; the deploy compares it.
@@ -117,9 +125,20 @@ class Compose:
         result = self("logs", "--no-color", service, check=False)
         return result.stdout + result.stderr
 
+    def profiles(self) -> list[str]:
+        """Every profile the compose files name (monitoring)."""
+        import yaml
+
+        return sorted({profile for file in self.files
+                       for service in (yaml.safe_load((self.directory / file).read_text()).get("services") or {}).values()
+                       for profile in (service or {}).get("profiles", [])})
+
     def down(self):
         log(f"compose down -v ({self.project})")
-        self("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+        # With every profile: `down` leaves the containers and volumes of a profile that is
+        # not on, and the engine keeps them for the next run.
+        profiles = [arg for profile in self.profiles() for arg in ("--profile", profile)]
+        self(*profiles, "down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
 
 
 class Host:
@@ -133,7 +152,7 @@ class Host:
         self.project = project
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
-        files = run("git", "ls-files", "-z", "--", *DELIVERY_FILES, cwd=ROOT, capture_output=True).stdout
+        files = run("git", "ls-files", "-z", "--", *delivery_files(), cwd=ROOT, capture_output=True).stdout
         for name in filter(None, files.split("\0")):
             target = path / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +178,7 @@ class Host:
             (path / "secrets" / name).chmod(0o444)
             self.secrets[name] = value
         # The alert receivers' secrets, empty as scripts/prepare-host leaves them for the operator.
-        for name in ("alert_smtp_password", "alert_webhook_url"):
+        for name in ("alert_smtp_password", "alert_smtp_ca", "alert_webhook_url"):
             (path / "secrets" / name).touch(mode=0o644)
         (path / "backups").mkdir(mode=0o700)
         shutil.chown(path / "backups", self.backup_uid, self.backup_uid)

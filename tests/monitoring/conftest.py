@@ -149,6 +149,10 @@ def local_prometheus_config(targets, alertmanager):
     return config
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "settings(**given): the operator's settings a test's Alertmanager is rendered with")
+
+
 api_bin = harness.api_bin
 run_dir = harness.run_dir_fixture("messages-monitoring.")
 pytest_sessionfinish = harness.remove_run_dir_after_green_run

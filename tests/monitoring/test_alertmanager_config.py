@@ -12,6 +12,9 @@ from conftest import DASHBOARD_BASE_URL, RENDER_ALERTMANAGER, RUNBOOK_BASE_URL, 
 
 SMTP_PASSWORD = "the SMTP password, only in its file"
 WEBHOOK_URL = "https://chat.example.org/hooks/the-channel-credential"
+# The render checks only that a PEM certificate is there; Alertmanager parses it
+# (test_smtp_tls gives it a real one).
+CA_CERTIFICATE = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 @pytest.fixture
@@ -19,9 +22,11 @@ def settings(tmp_path):
     """Every setting, as a production host has them."""
     (tmp_path / "smtp_password").write_text(SMTP_PASSWORD + "\n")
     (tmp_path / "webhook_url").write_text(WEBHOOK_URL + "\n")
+    (tmp_path / "smtp_ca.pem").write_text(CA_CERTIFICATE)
     return {"ALERT_EMAIL_TO": "oncall@example.org", "ALERT_EMAIL_FROM": "alertmanager@example.org",
             "ALERT_SMTP_SMARTHOST": "smtp.example.org:587", "ALERT_SMTP_USERNAME": "alertmanager",
             "ALERT_SMTP_PASSWORD_FILE": str(tmp_path / "smtp_password"),
+            "ALERT_SMTP_CA_FILE": str(tmp_path / "smtp_ca.pem"),
             "ALERT_WEBHOOK_URL_FILE": str(tmp_path / "webhook_url"),
             "ALERT_RUNBOOK_BASE_URL": RUNBOOK_BASE_URL + "/", "ALERT_DASHBOARD_BASE_URL": DASHBOARD_BASE_URL}
 
@@ -126,3 +131,23 @@ def test_busybox_alone_renders_the_same_files_as_in_the_alertmanager_image(tmp_p
     rendered(tmp_path / "host", settings)
     for name in ("alertmanager.yml", "messages.tmpl"):
         assert (tmp_path / "busybox" / name).read_text() == (tmp_path / "host" / name).read_text(), name
+
+
+def test_a_ca_file_makes_the_relays_certificate_checked_against_it(tmp_path, settings):
+    config, _ = rendered(tmp_path / "out", settings)
+    (email,) = receivers(config)["page"]["email_configs"]
+    assert email["tls_config"] == {"ca_file": settings["ALERT_SMTP_CA_FILE"]}
+
+
+def test_an_empty_ca_file_leaves_the_system_trust_store(tmp_path, settings):
+    # What scripts/prepare-host leaves in secrets/alert_smtp_ca until the operator fills it.
+    (tmp_path / "smtp_ca.pem").write_text("")
+    config, _ = rendered(tmp_path / "out", {**settings, "ALERT_SMTP_CA_FILE": str(tmp_path / "smtp_ca.pem")})
+    (email,) = receivers(config)["page"]["email_configs"]
+    assert "tls_config" not in email
+
+
+def test_a_ca_file_without_a_certificate_is_refused(tmp_path, settings):
+    (tmp_path / "smtp_ca.pem").write_text("not a certificate\n")
+    result = render_alertmanager(tmp_path / "out", {**settings, "ALERT_SMTP_CA_FILE": str(tmp_path / "smtp_ca.pem")})
+    assert result.returncode == 2 and "holds no PEM certificate" in result.stderr, result.stderr

@@ -156,7 +156,7 @@ def test_secrets_are_generated_once_as_the_compose_file_names_them(prepared_host
     present = sorted(p.name for p in prepared_host.path("/srv/messages/secrets").iterdir())
     generated = ["admin_token", "db_password", "db_root_password", "token_sealing_key"]
     # Alertmanager's: the operator fills them; empty, their integration stays off.
-    given = ["alert_smtp_password", "alert_webhook_url"]
+    given = ["alert_smtp_ca", "alert_smtp_password", "alert_webhook_url"]
     assert present == named == sorted(generated + given)
     for name in given:
         path = f"/srv/messages/secrets/{name}"
