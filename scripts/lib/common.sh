@@ -30,8 +30,13 @@ ensure_packages() {
         fi
     fi
     step "Installing ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # One apt at a time: `make test` runs stages side by side, and apt takes its locks
+    # without waiting.
+    (
+        flock 9
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    ) 9>"${TMPDIR:-/tmp}/two-tier-messages-apt.lock"
 }
 
 # Waits until a command succeeds, up to $1 seconds.
@@ -57,18 +62,23 @@ pip_tool() {
     name="${name%%\[*}"
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
     venv="${PIP_TOOL_VENV:-$root/target/tools/venv}"
-    if [ ! -x "$venv/bin/pip" ]; then
-        python3 -m venv "$venv" >&2 2>/dev/null || {
-            ensure_packages python3-venv >&2 || return
-            python3 -m venv "$venv" >&2 || return
-        }
-    fi
-    if ! "$venv/bin/pip" show --quiet "$name" 2>/dev/null ||
-        [ "$("$venv/bin/pip" show "$name" 2>/dev/null | sed -n 's/^Version: //p')" != "${1##*==}" ]; then
-        echo "Installing $1 into $venv" >&2
-        # `|| return`: in $(pip_tool ...) errexit is off, and a failed install must fail here.
-        "$venv/bin/pip" install --quiet --disable-pip-version-check "$1" >&2 || return
-    fi
+    mkdir -p "$(dirname "$venv")"
+    # One install per virtualenv at a time: stages that run side by side share them.
+    (
+        flock 9
+        if [ ! -x "$venv/bin/pip" ]; then
+            python3 -m venv "$venv" >&2 2>/dev/null || {
+                ensure_packages python3-venv >&2 || exit
+                python3 -m venv "$venv" >&2 || exit
+            }
+        fi
+        if ! "$venv/bin/pip" show --quiet "$name" 2>/dev/null ||
+            [ "$("$venv/bin/pip" show "$name" 2>/dev/null | sed -n 's/^Version: //p')" != "${1##*==}" ]; then
+            echo "Installing $1 into $venv" >&2
+            # `|| exit`: in $(pip_tool ...) errexit is off, and a failed install must fail here.
+            "$venv/bin/pip" install --quiet --disable-pip-version-check "$1" >&2 || exit
+        fi
+    ) 9>"$venv.lock" || return
     echo "$venv/bin"
 }
 
