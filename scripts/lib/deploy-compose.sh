@@ -132,8 +132,7 @@ driver_upstream() {
 # COLOR's address on the frontend network, which this machine reaches past nginx.
 driver_color_url() {
     local ip
-    ip="$(docker inspect -f '{{range $name, $net := .NetworkSettings.Networks}}{{$name}} {{$net.IPAddress}}{{"\n"}}{{end}}' \
-        "$(compose_container "api-$1")" | awk '$1 ~ /_frontend$/ {print $2}')"
+    ip="$(compose_frontend_ip "$(compose_container "api-$1")")"
     echo "http://${ip:?api-$1 is on no frontend network}:8080"
 }
 
@@ -175,7 +174,9 @@ compose_web_start() {
 }
 
 compose_has_edge() {
-    compose config --services 2>/dev/null | grep -qx edge
+    # Not grep -q: it stops reading at the match, and compose's broken pipe would fail the
+    # pipeline (pipefail).
+    compose config --services 2>/dev/null | grep -x edge >/dev/null
 }
 
 # A release from before edge held the ports (a rollback to it): its nginx publishes them
@@ -190,7 +191,8 @@ compose_web_without_edge() {
     done
     IMAGE_TAG="$tag" compose up -d --no-deps web || return 1
     compose_web_wait_listening "$(compose_container web)" || return 1
-    compose_exporter_follow "$tag"
+    compose_exporter_follow "$tag" || return 1
+    echo "web: $(web_image "$tag") publishes the ports itself"
 }
 
 compose_project() {
@@ -241,7 +243,8 @@ compose_web_move_to_edge() {
         "(new connections are refused until $(web_image "$tag") listens)"
     compose rm -sf web || return 1
     compose_web_start "$tag" || return 1
-    compose_exporter_follow "$tag"
+    compose_exporter_follow "$tag" || return 1
+    echo "web: edge holds the ports now, and $(web_image "$tag") listens in its namespace"
 }
 
 # nginx-exporter shares nginx's network namespace: when that namespace changes hands (edge
@@ -341,9 +344,14 @@ driver_proxy_verify() {
         compose run -d --no-deps --name "$name" -e NGINX_LISTEN_OPTIONS= \
         -e NGINX_LISTEN="$WEB_CANDIDATE_LISTEN" -e NGINX_TLS_LISTEN="$WEB_CANDIDATE_TLS_LISTEN" \
         -e STATUS_LISTEN="$WEB_CANDIDATE_STATUS_LISTEN" web >/dev/null || return 1
-    ip="$(compose_edge_ip)"
+    # In edge's namespace; on its own where the release's files have no edge.
+    if compose_has_edge; then
+        ip="$(compose_frontend_ip "$(compose ps -q edge)")"
+    else
+        ip="$(compose_frontend_ip "$name")"
+    fi
     if [[ -z "$ip" ]]; then
-        echo "web: edge is on no frontend network" >&2
+        echo "web: the candidate is on no frontend network" >&2
         driver_proxy_cleanup
         return 1
     fi
@@ -376,10 +384,10 @@ driver_proxy_verify() {
     fi
 }
 
-# edge's address on the frontend network, where this machine reaches nginx's namespace.
-compose_edge_ip() {
+# A container's address on the frontend network, which this machine reaches.
+compose_frontend_ip() {
     docker inspect -f '{{range $name, $net := .NetworkSettings.Networks}}{{$name}} {{$net.IPAddress}}{{"\n"}}{{end}}' \
-        "$(compose ps -q edge)" | awk '$1 ~ /_frontend$/ {print $2}'
+        "$1" | awk '$1 ~ /_frontend$/ {print $2}'
 }
 
 # Removes what an interrupted driver_proxy_verify left (idempotent).

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from stack import V2_PAGE_MARKER, WEB_CONTENT_LABEL, derive_web_image, http
 from traffic import Report, Traffic, p99
 
@@ -31,7 +32,9 @@ def live(prod) -> tuple[str, str]:
 
 MARKS = (("switch", "Switching nginx"), ("switched", "nginx now sends every request"),
          ("web_replace", "beside the running nginx"), ("web_serves", "the new nginx serves alone"),
-         ("done", "Deployed "))
+         ("done", "Deployed "),
+         ("to_edge", "moving them from the running nginx to edge"), ("on_edge", "edge holds the ports now"),
+         ("from_edge", "compose files have no edge"), ("off_edge", "publishes the ports itself"))
 
 
 def start_deploy(prod, tag: str, script: str = "deploy") -> subprocess.Popen:
@@ -267,3 +270,88 @@ def test_a_deploy_killed_while_it_replaces_the_web_container_is_repaired_by_the_
     assert live(prod) == before
     assert_consistent(prod)
     assert_web_serves(prod, engine, before[0])
+
+
+def files_before_edge(prod) -> dict[str, str]:
+    """The host's compose files as releases before edge had them: nginx publishes the ports
+    itself, on the frontend network, and the exporter joins web's namespace."""
+    base = yaml.safe_load((prod.path / "docker-compose.yml").read_text())
+    production = yaml.safe_load((prod.path / "docker-compose.prod.yml").read_text())
+    for files, web_ports in ((base, base["services"]["edge"]["ports"]),
+                             (production, production["services"]["edge"]["ports"])):
+        del files["services"]["edge"]
+        files["services"]["web"]["ports"] = web_ports
+        files["services"]["web"].pop("network_mode", None)
+        files["services"]["web"].get("environment", {}).pop("NGINX_LISTEN_OPTIONS", None)
+    base["services"]["web"]["networks"] = ["frontend"]
+    base["services"]["nginx-exporter"]["network_mode"] = "service:web"
+    production["services"].pop("nginx-exporter", None)
+    return {"docker-compose.yml": yaml.safe_dump(base), "docker-compose.prod.yml": yaml.safe_dump(production)}
+
+
+def assert_only_the_move_failed(report: Report, start: float, end: float, results: dict, name: str) -> None:
+    """The ports change hands once: only requests that got no answer while they did may fail."""
+    print(f"traffic: {report}")
+    assert report.problems == [], report
+    for sent in report.failed:
+        assert sent.status == 0 and start <= sent.started <= end, sent
+    span = report.unanswered_span
+    results.setdefault("ports_moved", []).append({
+        "deploy": name, "failed": len(report.failed), "requests": report.requests,
+        "gap_seconds": round(span[1] - span[0], 2) if span else 0.0,
+    })
+    print(f"ports moved ({name}): {results['ports_moved'][-1]}")
+    assert not span or span[1] - span[0] <= 3.0, report
+
+
+def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_without_it(prod, engine, results):
+    """The first deploy of this release on a host that an older one laid out (its nginx
+    publishing the ports itself) moves the ports to edge; a rollback to a release without
+    edge gives them back. Both with one short gap, which is bounded; the next deploys again
+    fail nothing."""
+    current = {name: (prod.path / name).read_text() for name in ("docker-compose.yml", "docker-compose.prod.yml")}
+    before_edge = files_before_edge(prod)
+    live_tag = live(prod)[0]
+    other = "v1" if live_tag == "v2" else "v2"
+    edge = prod.compose.container("edge")
+    try:
+        # The host as an older release left it.
+        for name, text in before_edge.items():
+            (prod.path / name).write_text(text)
+        prod.compose("rm", "-sf", "web")
+        engine.docker("rm", "-f", edge)
+        prod.compose("up", "-d", "--no-deps", "web")
+        prod.compose.wait_healthy("web", timeout=60)
+        for name, text in current.items():
+            (prod.path / name).write_text(text)
+
+        users = Traffic(prod.url)
+        output, marks = timed_deploy(prod, other)
+        assert_only_the_move_failed(users.stop(), marks["to_edge"], marks["on_edge"], results, "onto edge")
+        assert live(prod) == (other, live_tag)
+        assert_consistent(prod)
+        assert_web_serves(prod, engine, other)
+        web = prod.compose.inspect("web")
+        assert web["HostConfig"]["NetworkMode"] == f"container:{prod.compose.container('edge')}"
+
+        # A rollback to a release whose files have no edge.
+        for name, text in before_edge.items():
+            (prod.path / name).write_text(text)
+        users = Traffic(prod.url)
+        output, marks = timed_deploy(prod, live_tag)
+        assert_only_the_move_failed(users.stop(), marks["from_edge"], marks["off_edge"], results, "off edge")
+        assert live(prod) == (live_tag, other)
+        assert_consistent(prod)
+        assert_web_serves(prod, engine, live_tag)
+        assert engine.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={prod.project}",
+                             "--filter", "label=com.docker.compose.service=edge").stdout.strip() == ""
+        assert prod.compose.inspect("web")["HostConfig"]["PortBindings"]["8080/tcp"]
+    finally:
+        for name, text in current.items():
+            (prod.path / name).write_text(text)
+    # And forward again, onto edge, for the tests after this one.
+    users = Traffic(prod.url)
+    output, marks = timed_deploy(prod, other)
+    assert_only_the_move_failed(users.stop(), marks["to_edge"], marks["on_edge"], results, "onto edge again")
+    assert_consistent(prod)
+    assert_web_serves(prod, engine, other)
