@@ -9,7 +9,9 @@
 #   DEPLOY_NGINX_LISTEN   where nginx listens (default 127.0.0.1:8080)
 #   DEPLOY_NGINX_PREFIX   nginx's config, pid and logs (default STATE/nginx)
 # A release folder holds the binary and the migrations it embeds (RELEASES/TAG/migrations/
-# mysql), against which scripts/restore checks a backup.
+# mysql), against which scripts/restore checks a backup. When RELEASES is DEPLOY_DIR's
+# releases/ (the default), a committed deploy prunes it as it prunes the delivery files
+# (release_prune in scripts/lib/deploy.sh), the oldest by modification time first.
 # The API's own settings (DATABASE_URL or MYSQL_*, TOKEN_SEALING_KEY or its _FILE, which both
 # colors must share, SHUTDOWN_GRACE_SECS, ...) come from the environment. scripts/restore
 # reaches the database with the MYSQL_* variables (see scripts/lib/mysql-client.sh), as a

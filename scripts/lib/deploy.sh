@@ -11,7 +11,8 @@
 #   lock          held (flock) by the deploy, rollback or restore that runs
 # Each release's delivery files (compose files, docker/, scripts/, ...) are kept in
 # DEPLOY_DIR/releases/TAG; a deploy installs TAG's into DEPLOY_DIR, and undoing a deploy
-# installs those of the release that was live again.
+# installs those of the release that was live again. A committed deploy prunes the rest (see
+# release_prune).
 #
 # How a version is started is the driver's business, chosen by DEPLOY_DRIVER:
 #   compose  (default) the EC2 host: docker compose with docker-compose.prod.yml
@@ -220,12 +221,35 @@ release_stage() {
     find "$DEPLOY_ROOT/releases" -mindepth 1 -maxdepth 1 -name '.upload.*' ! -path "$upload" -exec rm -rf {} +
 }
 
-# record_live TAG WAS: TAG is current, WAS (the tag live before it) previous.
+# record_live TAG WAS: TAG is current, WAS (the tag live before it) previous; TAG's release
+# folder, if the host keeps one, becomes the most recently deployed (see release_prune).
 record_live() {
     if [[ -n "$2" && "$2" != "$1" ]]; then
         state_set previous "$2"
     fi
     state_set current "$1"
+    touch -c "$DEPLOY_ROOT/releases/$1"
+}
+
+# release_prune: run under the lock once a deploy is committed. Removes the folders of
+# releases/ that the host no longer needs: all but the live release (current), the one it
+# replaced (previous: what scripts/rollback deploys again, from its files here) and the
+# DEPLOY_KEEP_RELEASES (default 5) most recently deployed or staged. Uploads (.upload.*) are
+# not releases yet: one may be arriving for the next deploy.
+release_prune() {
+    local folder="$DEPLOY_ROOT/releases" keep="${DEPLOY_KEEP_RELEASES:-5}" live previous name rank=0
+    [[ -d "$folder" ]] || return 0
+    live="$(state_get current)"
+    previous="$(state_get previous)"
+    # Newest first; a tag has no spaces or newlines (scripts/deploy checks it).
+    while read -r name; do
+        rank=$((rank + 1))
+        if [[ "$name" == "$live" || "$name" == "$previous" ]] || ((rank <= keep)); then
+            continue
+        fi
+        echo "removing release $name ($folder/$name): not live, not the rollback target, not among the $keep newest"
+        rm -rf "${folder:?}/$name" || return 1
+    done < <(find "$folder" -mindepth 1 -maxdepth 1 -type d ! -name '.*' -printf '%T@ %f\n' | sort -rn | cut -d' ' -f2-)
 }
 
 # On a failure (any command's, under set -e), SIGTERM, SIGINT, SIGHUP (an ssh session

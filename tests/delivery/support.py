@@ -298,11 +298,11 @@ class ProcessHost:
         """scripts/NAME ARGS, left running."""
         return Running([ROOT / "scripts" / name, *args], {**self.env, **extra_env}, self._log(name, *args))
 
-    def remote(self, *args: str) -> Running:
+    def remote(self, *args: str, **extra_env: str) -> Running:
         """scripts/remote ARGS as Jenkins runs it, left running; the EC2 host is the folder
         host/ here."""
         env = {**self.env, "PATH": f"{HERE / 'bin'}:{os.environ['PATH']}",
-               "DEPLOY_HOST": "deploy@ec2.test", "DEPLOY_DIR": str(self.dir / "host")}
+               "DEPLOY_HOST": "deploy@ec2.test", "DEPLOY_DIR": str(self.dir / "host"), **extra_env}
         return Running([ROOT / "scripts/remote", *args], env, self._log("remote", *args))
 
     def recorded(self, name: str) -> str:

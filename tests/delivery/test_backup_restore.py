@@ -2,14 +2,16 @@
 real MariaDB: a backup full of texts that are easy to damage comes back byte for byte over a
 populated database, with a safety dump of what was live, and the app answers again; old
 backups are pruned; every file restore must not use is refused before anything is touched,
-the live tables unchanged; and a release that fails on the restored data gets the old data
-back."""
+the live tables unchanged; a release that fails on the restored data gets the old data
+back; and a restore after a deploy killed half-way first repairs the host, as the next
+deploy would."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import re
+import signal
 import uuid
 import urllib.request
 from pathlib import Path
@@ -39,7 +41,7 @@ def host(run_dir, api_bin, mysql_server, database, mysql):
     """v1 deployed with the process driver (the API and the scripts share the MYSQL_*
     variables), holding the hostile texts; idempotency keys fill its binary columns."""
     machine = ProcessHost(run_dir / "restore-host", api_bin, mysql_server.env(database),
-                          releases={"v1": None, "fails-to-migrate": HERE / "releases/fails-to-migrate"})
+                          releases={"v1": None, "v2": None, "fails-to-migrate": HERE / "releases/fails-to-migrate"})
     machine.env["BACKUP_DIR"] = str(machine.dir / "backups")
     try:
         deploy = machine.script("deploy", "v1")
@@ -204,3 +206,26 @@ def test_a_release_that_fails_on_the_restored_data_gets_the_tables_that_were_liv
     assert mysql.hex_snapshot(database) == live
     assert not [d for d in mysql.databases() if d.startswith(f"{database}_restore")]
     assert answers(host.url + "/health")
+
+
+@pytest.mark.parametrize("phase", ["verify", "switch", "committed"])
+def test_restore_after_a_deploy_killed_half_way_repairs_the_host_first(phase, host, backup, database, mysql):
+    """SIGKILL leaves the journal, both colors running and, from the switch on, nginx perhaps
+    on the new one: the restore repairs that as the next deploy would (undone before the
+    commit, finished after it) before it stops and starts the colors."""
+    was = host.live()[0]
+    tag = "v2" if was == "v1" else "v1"
+    deploy = host.start("deploy", tag)
+    deploy.wait_for_line(f"deploy phase: {phase}")
+    deploy.signal_group(signal.SIGKILL)
+    deploy.wait()
+    assert (host.state / "deploying").exists(), "the killed deploy left no journal to repair"
+
+    restore = host.script("restore", str(backup[1]))
+
+    assert restore.returncode == 0, restore
+    host.assert_consistent()
+    assert host.live()[0] == (tag if phase == "committed" else was)
+    assert mysql.hex_snapshot(database) == backup[2]
+    repair = "Repair: finishing the deploy" if phase == "committed" else f"Repair: undoing the deploy of {tag}"
+    assert repair in restore.output, restore

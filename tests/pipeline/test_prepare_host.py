@@ -108,13 +108,12 @@ def test_the_database_backups_secrets_and_settings_land_on_the_data_volume(prepa
         assert os.stat(prepared_host.path(f"{DATA_DIR}/{path}")).st_dev == on_volume, path
 
 
-def test_env_file_holds_the_stack_settings_and_no_password(prepared_host):
+def test_env_file_holds_the_stack_settings_and_no_password_nor_image_tag(prepared_host):
     _, _, uid, gid, *_ = prepared_host.passwd("deploy")
     text = prepared_host.path("/srv/messages/.env").read_text()
     settings = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert settings == {
         "REGISTRY": ECR_REGISTRY,
-        "IMAGE_TAG": "latest",
         "HTTP_PORT": prepared_host.values["HttpPort"],
         "MYSQL_DATABASE": "messages",
         "MYSQL_USER": "messages",
@@ -220,6 +219,33 @@ def test_monitoring_turns_the_profile_on_and_points_the_backup_at_the_pushgatewa
     # The compose service the backup job reaches.
     assert "BACKUP_PUSHGATEWAY_URL=http://pushgateway:9091" in settings
     assert "pushgateway" in yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+
+
+def test_a_later_run_removes_the_moving_tag_an_earlier_version_wrote_until_a_deploy_records_one(prepared_host):
+    """After the runs above: .env as an earlier prepare-host wrote it (IMAGE_TAG=latest) on a
+    host where nothing is deployed yet; then the same with a deployed tag recorded, which
+    is scripts/deploy's to keep."""
+    env_file = prepared_host.path("/srv/messages/.env")
+    current = prepared_host.path("/srv/messages/.deploy/current")
+    original = env_file.read_text()
+    try:
+        env_file.write_text(original + "IMAGE_TAG=latest\n")
+        ((removed, _),) = run_in_root(prepared_host.root, "/var/tmp/prepare-host-again")
+        assert removed.returncode == 0, removed.stderr
+        assert [line for line in removed.stdout.splitlines() if CHANGE_LINE.match(line)] == [
+            "prepare-host: removing IMAGE_TAG=latest from /srv/messages/.env (nothing is deployed yet: "
+            "the first scripts/deploy TAG records it)"], removed.stdout
+        assert env_file.read_text() == original
+
+        current.write_text("0123456789ab\n")
+        env_file.write_text(original + "IMAGE_TAG=latest\n")
+        ((kept, _),) = run_in_root(prepared_host.root, "/var/tmp/prepare-host-again")
+        assert kept.returncode == 0, kept.stderr
+        assert CHANGE_LINE.findall(kept.stdout) == [], kept.stdout
+        assert env_file.read_text() == original + "IMAGE_TAG=latest\n"
+    finally:
+        env_file.write_text(original)
+        current.unlink(missing_ok=True)
 
 
 def test_user_data_reports_a_failed_preparation_to_the_stack(prepared_host, template):
