@@ -319,12 +319,13 @@ web_candidate_name() {
 
 # When TAG's web image has other content than the running one, it is checked before the
 # switch: a candidate container of it, pointed at COLOR (its own state folder holds COLOR's
-# upstream), must answer the page and pass the smoke test. It runs web's own definition, so
-# in edge's network namespace, but on ports that nothing publishes and without reuseport
+# upstream), must answer the page and pass the smoke test. It runs web's own definition in
+# the running nginx's network namespace (edge's; on a host laid out before edge, that
+# nginx's own), but on ports that nothing publishes and without reuseport
 # (WEB_CANDIDATE_*): users never reach it. It is removed either way.
 WEB_CANDIDATE_LISTEN=18080 WEB_CANDIDATE_TLS_LISTEN=18443 WEB_CANDIDATE_STATUS_LISTEN=127.0.0.1:18081
 driver_proxy_verify() {
-    local color="$1" tag="$2" id name candidate_state ip url tls=() deadline page ok=0
+    local color="$1" tag="$2" id name candidate_state holder ip url tls=() deadline page ok=0
     id="$(compose_container web)"
     if [[ -n "$id" && "$(web_content "$(docker inspect -f '{{.Image}}' "$id")")" == "$(web_content "$(web_image "$tag")")" ]]; then
         echo "web: frontend and proxy config unchanged; nginx keeps running and reloads at the switch"
@@ -340,18 +341,15 @@ driver_proxy_verify() {
     candidate_state="$DEPLOY_STATE_DIR/web-candidate"
     mkdir -p "$candidate_state"
     printf '%s\n' "$(driver_upstream "$color")" >"$candidate_state/api-upstream"
+    holder="$(compose_nginx_namespace "$(head -n 1 <<<"$id")")"
+    printf 'services:\n  web:\n    network_mode: "container:%s"\n' "$holder" >"$candidate_state/compose.yml"
     DEPLOY_STATE_DIR="$candidate_state" IMAGE_TAG="$tag" \
-        compose run -d --no-deps --name "$name" -e NGINX_LISTEN_OPTIONS= \
+        compose -f "$candidate_state/compose.yml" run -d --no-deps --name "$name" -e NGINX_LISTEN_OPTIONS= \
         -e NGINX_LISTEN="$WEB_CANDIDATE_LISTEN" -e NGINX_TLS_LISTEN="$WEB_CANDIDATE_TLS_LISTEN" \
         -e STATUS_LISTEN="$WEB_CANDIDATE_STATUS_LISTEN" web >/dev/null || return 1
-    # In edge's namespace; on its own where the release's files have no edge.
-    if compose_has_edge; then
-        ip="$(compose_frontend_ip "$(compose ps -q edge)")"
-    else
-        ip="$(compose_frontend_ip "$name")"
-    fi
+    ip="$(compose_frontend_ip "$holder")"
     if [[ -z "$ip" ]]; then
-        echo "web: the candidate is on no frontend network" >&2
+        echo "web: nginx's network namespace ($holder) is on no frontend network" >&2
         driver_proxy_cleanup
         return 1
     fi
@@ -381,6 +379,18 @@ driver_proxy_verify() {
     else
         echo "web: $tag's web image failed the checks on $url" >&2
         return 1
+    fi
+}
+
+# The container whose network namespace the nginx container ID runs in: edge's, or on a
+# host laid out before edge, nginx's own.
+compose_nginx_namespace() {
+    local mode
+    mode="$(docker inspect -f '{{.HostConfig.NetworkMode}}' "$1")"
+    if [[ "$mode" == container:* ]]; then
+        echo "${mode#container:}"
+    else
+        echo "$1"
     fi
 }
 
