@@ -182,17 +182,29 @@ compose_has_edge() {
 # A release from before edge held the ports (a rollback to it): its nginx publishes them
 # itself, so edge and every nginx go first, and new connections are refused meanwhile.
 compose_web_without_edge() {
-    local tag="$1" id
+    local tag="$1" ids
     echo "web: $tag's compose files have no edge; its nginx publishes the ports itself" \
         "(new connections are refused until it listens)"
-    for id in $(docker ps -aq --filter "label=com.docker.compose.project=$(compose_project)" \
-        --filter label=com.docker.compose.service=edge) $(compose ps -aq web); do
-        docker rm -f "$id" >/dev/null || return 1
-    done
+    # nginx first: it runs in edge's namespace.
+    mapfile -t ids < <(compose ps -aq web
+        docker ps -aq --filter "label=com.docker.compose.project=$(compose_project)" \
+            --filter label=com.docker.compose.service=edge)
+    compose_web_stop_quickly "${ids[@]}" || return 1
     IMAGE_TAG="$tag" compose up -d --no-deps web || return 1
     compose_web_wait_listening "$(compose_container web)" || return 1
     compose_exporter_follow "$tag" || return 1
     echo "web: $(web_image "$tag") publishes the ports itself"
+}
+
+# Stops and removes the containers IDS... while their ports are missed: nginx gets 1 s to
+# finish its requests (SIGQUIT), which ordinary requests do in milliseconds, rather than the
+# 5 s it would hold live streams (those are cut and resume on the new nginx).
+compose_web_stop_quickly() {
+    local id
+    for id in "$@"; do
+        docker stop -t 1 "$id" >/dev/null || return 1
+        docker rm "$id" >/dev/null || return 1
+    done
 }
 
 compose_project() {
@@ -238,10 +250,11 @@ compose_web_replace() {
 # before edge held them): the ports can move only once that nginx is gone, so new
 # connections are refused for a moment, this once.
 compose_web_move_to_edge() {
-    local tag="$1"
+    local tag="$1" ids
     echo "web: no edge holds the ports yet; moving them from the running nginx to edge" \
         "(new connections are refused until $(web_image "$tag") listens)"
-    compose rm -sf web || return 1
+    mapfile -t ids < <(compose ps -aq web)
+    compose_web_stop_quickly "${ids[@]}" || return 1
     compose_web_start "$tag" || return 1
     compose_exporter_follow "$tag" || return 1
     echo "web: edge holds the ports now, and $(web_image "$tag") listens in its namespace"

@@ -327,7 +327,8 @@ def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_
 
         users = Traffic(prod.url)
         output, marks = timed_deploy(prod, other)
-        assert_only_the_move_failed(users.stop(), marks["to_edge"], marks["on_edge"], results, "onto edge")
+        assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["on_edge"])),
+                                    marks["to_edge"], marks["on_edge"], results, "onto edge")
         assert live(prod) == (other, live_tag)
         assert_consistent(prod)
         assert_web_serves(prod, engine, other)
@@ -339,7 +340,8 @@ def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_
             (prod.path / name).write_text(text)
         users = Traffic(prod.url)
         output, marks = timed_deploy(prod, live_tag)
-        assert_only_the_move_failed(users.stop(), marks["from_edge"], marks["off_edge"], results, "off edge")
+        assert_only_the_move_failed(users.stop(outage=(marks["from_edge"], marks["off_edge"])),
+                                    marks["from_edge"], marks["off_edge"], results, "off edge")
         assert live(prod) == (live_tag, other)
         assert_consistent(prod)
         assert_web_serves(prod, engine, live_tag)
@@ -352,6 +354,7 @@ def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_
     # And forward again, onto edge, for the tests after this one.
     users = Traffic(prod.url)
     output, marks = timed_deploy(prod, other)
-    assert_only_the_move_failed(users.stop(), marks["to_edge"], marks["on_edge"], results, "onto edge again")
+    assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["on_edge"])),
+                                marks["to_edge"], marks["on_edge"], results, "onto edge again")
     assert_consistent(prod)
     assert_web_serves(prod, engine, other)
