@@ -354,8 +354,14 @@ driver_proxy_verify() {
     candidate_state="$DEPLOY_STATE_DIR/web-candidate"
     mkdir -p "$candidate_state"
     printf '%s\n' "$(driver_upstream "$color")" >"$candidate_state/api-upstream"
-    holder="$(compose_nginx_namespace "$(head -n 1 <<<"$id")")"
-    printf 'services:\n  web:\n    network_mode: "container:%s"\n' "$holder" >"$candidate_state/compose.yml"
+    # Where the release's files have no edge (a rollback to a release from before it), web's
+    # definition puts the candidate on the frontend network by itself.
+    holder="$name"
+    printf 'services: {}\n' >"$candidate_state/compose.yml"
+    if compose_has_edge; then
+        holder="$(compose_nginx_namespace "$(head -n 1 <<<"$id")")"
+        printf 'services:\n  web:\n    network_mode: "container:%s"\n' "$holder" >"$candidate_state/compose.yml"
+    fi
     DEPLOY_STATE_DIR="$candidate_state" IMAGE_TAG="$tag" \
         compose -f "$candidate_state/compose.yml" run -d --no-deps --name "$name" -e NGINX_LISTEN_OPTIONS= \
         -e NGINX_LISTEN="$WEB_CANDIDATE_LISTEN" -e NGINX_TLS_LISTEN="$WEB_CANDIDATE_TLS_LISTEN" \

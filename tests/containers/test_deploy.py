@@ -7,6 +7,7 @@ web images): the new nginx starts beside the old one in edge's network namespace
 published port is never unbound. The kills at each phase run on processes (tests/delivery),
 where they are fast."""
 
+import gzip
 import subprocess
 import time
 
@@ -223,6 +224,35 @@ def test_a_release_that_changes_the_database_definition_is_refused_and_the_datab
     assert prod.compose.container("db") == db
     assert live(prod) == ("v2", "v1")
     assert_consistent(prod)
+
+
+def test_update_db_backs_up_then_recreates_the_database_and_deploys(prod):
+    """The explicit step for a release that changes db's definition, both ways (a changed
+    definition, then the original again): a backup first, holding what was written, then the
+    database recreated on the same data folder, then the deploy. Users get 503s while the
+    database restarts (the docs say so); no acknowledged write is lost."""
+    compose_file = prod.path / "docker-compose.prod.yml"
+    original = compose_file.read_text()
+    changed = original.replace("\n  db:\n", "\n  db:\n    labels: [changed-by-the-release=yes]\n", 1)
+    assert changed != original
+    for step, definition in enumerate((changed, original)):
+        text = f"written before --update-db {step} {time.time()}"
+        assert http("POST", prod.url + "/api/messages", {"message": text}).status == 201
+        db, backups = prod.compose.container("db"), set((prod.path / "backups").iterdir())
+        live_tag = live(prod)[0]
+        other = "v1" if live_tag == "v2" else "v2"
+        compose_file.write_text(definition)
+        deploy = prod.script("deploy", "--update-db", other, check=False)
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert "backing up, then recreating it (--update-db)" in deploy.stdout
+        made = set((prod.path / "backups").iterdir()) - backups
+        assert any(text.encode() in gzip.decompress(f.read_bytes()) for f in made), made
+        assert prod.compose.container("db") != db
+        assert prod.sql(f"SELECT COUNT(*) FROM messages WHERE message = '{text}'") == [["1"]]
+        assert live(prod) == (other, live_tag)
+        assert_consistent(prod)
+        # The release's definition is the running one now: a plain deploy is not refused.
+        assert "definition unchanged" in prod.script("deploy", other).stdout
 
 
 def test_rollback_returns_to_v1_and_its_web_image(prod, engine, traffic, results):
