@@ -268,12 +268,16 @@ compose_exporter_follow() {
     fi
 }
 
-# Waits until the nginx container ID listens: its master binds every listener before it
-# starts its workers, so workers mean bound ports (read from /proc: the image has no pgrep).
-# Polled every 50 ms rather than through the health check (an interval of 10 s).
+# Waits until the nginx container ID listens: once the entrypoint has exec'd nginx (pid 1's
+# name; before that, pid 1's children are the entrypoint's scripts), its master binds every
+# listener before it starts its workers, so workers mean bound ports (read from /proc: the
+# image has no pgrep). Polled every 50 ms rather than through the health check (an interval
+# of 10 s).
 compose_web_wait_listening() {
     local id="$1" deadline=$((SECONDS + ${DEPLOY_HEALTH_TIMEOUT:-120}))
-    until [[ -n "$(docker exec "$id" cat /proc/1/task/1/children 2>/dev/null)" ]]; do
+    # shellcheck disable=SC2016 # expanded by the container's shell
+    until [[ -n "$(docker exec "$id" sh -c 'read -r name </proc/1/comm && [ "$name" = nginx ] &&
+        cat /proc/1/task/1/children' 2>/dev/null)" ]]; do
         if ((SECONDS >= deadline)) || [[ "$(docker inspect -f '{{.State.Running}}' "$id")" != true ]]; then
             echo "web: the nginx in ${id:0:12} does not listen; its log:" >&2
             docker logs --tail 30 "$id" >&2 2>&1 || true
