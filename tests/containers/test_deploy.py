@@ -320,7 +320,8 @@ def files_before_edge(prod) -> dict[str, str]:
 
 
 def assert_only_the_move_failed(report: Report, start: float, end: float, results: dict, name: str) -> None:
-    """The ports change hands once: only requests that got no answer while they did may fail."""
+    """The ports change hands once: only requests that got no answer while the deploy moved
+    them (from the old nginx's stop to the deploy's end) may fail, within a bounded gap."""
     print(f"traffic: {report}")
     assert report.problems == [], report
     for sent in report.failed:
@@ -357,8 +358,9 @@ def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_
 
         users = Traffic(prod.url)
         output, marks = timed_deploy(prod, other)
-        assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["on_edge"])),
-                                    marks["to_edge"], marks["on_edge"], results, "onto edge")
+        assert "on_edge" in marks, output
+        assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["done"])),
+                                    marks["to_edge"], marks["done"], results, "onto edge")
         assert live(prod) == (other, live_tag)
         assert_consistent(prod)
         assert_web_serves(prod, engine, other)
@@ -370,8 +372,9 @@ def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_
             (prod.path / name).write_text(text)
         users = Traffic(prod.url)
         output, marks = timed_deploy(prod, live_tag)
-        assert_only_the_move_failed(users.stop(outage=(marks["from_edge"], marks["off_edge"])),
-                                    marks["from_edge"], marks["off_edge"], results, "off edge")
+        assert "off_edge" in marks, output
+        assert_only_the_move_failed(users.stop(outage=(marks["from_edge"], marks["done"])),
+                                    marks["from_edge"], marks["done"], results, "off edge")
         assert live(prod) == (live_tag, other)
         assert_consistent(prod)
         assert_web_serves(prod, engine, live_tag)
@@ -384,7 +387,8 @@ def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_
     # And forward again, onto edge, for the tests after this one.
     users = Traffic(prod.url)
     output, marks = timed_deploy(prod, other)
-    assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["on_edge"])),
-                                marks["to_edge"], marks["on_edge"], results, "onto edge again")
+    assert "on_edge" in marks, output
+    assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["done"])),
+                                marks["to_edge"], marks["done"], results, "onto edge again")
     assert_consistent(prod)
     assert_web_serves(prod, engine, other)
