@@ -132,8 +132,7 @@ driver_upstream() {
 # COLOR's address on the frontend network, which this machine reaches past nginx.
 driver_color_url() {
     local ip
-    ip="$(docker inspect -f '{{range $name, $net := .NetworkSettings.Networks}}{{$name}} {{$net.IPAddress}}{{"\n"}}{{end}}' \
-        "$(compose_container "api-$1")" | awk '$1 ~ /_frontend$/ {print $2}')"
+    ip="$(compose_frontend_ip "$(compose_container "api-$1")")"
     echo "http://${ip:?api-$1 is on no frontend network}:8080"
 }
 
@@ -148,46 +147,144 @@ driver_stop() {
 # container is replaced instead: at the switch to a new release, and when a repair switches
 # back to the live one. Explicit returns: switch_to runs inside a condition (no set -e).
 driver_proxy_apply() {
-    local tag="$1" id
-    id="$(compose_container web)"
-    if [[ -z "$id" ]]; then
-        IMAGE_TAG="$tag" compose up -d --no-deps --wait web || return 1
-    elif [[ "$(web_content "$(docker inspect -f '{{.Image}}' "$id")")" == "$(web_content "$(web_image "$tag")")" ]]; then
-        compose exec -T web nginx-reload || return 1
+    local tag="$1" ids
+    ids="$(compose_container web)"
+    if [[ -z "$ids" ]]; then
+        compose_web_start "$tag" || return 1
+    elif [[ "$(wc -l <<<"$ids")" -eq 1 &&
+        "$(web_content "$(docker inspect -f '{{.Image}}' "$ids")")" == "$(web_content "$(web_image "$tag")")" ]]; then
+        docker exec "$ids" nginx-reload || return 1
     else
         compose_web_replace "$tag" || return 1
     fi
 }
 
-# Docker publishes a host port to one container only, so the new nginx can start only once
-# the old one is gone: new connections are refused in between. docker stop sends SIGQUIT
-# (the image's STOPSIGNAL): nginx closes its listeners at once and finishes its requests,
-# but would keep held live streams (and so the port) up to worker_shutdown_timeout (5 s).
-# DEPLOY_WEB_STOP_TIMEOUT (seconds, default 1) bounds that wait: ordinary requests end well
-# within it, and the streams cut after it resume with Last-Event-ID on the new nginx. The
-# new one is then polled on the published port rather than through its health check
-# (an interval of 10 s), so the switch returns as soon as it serves.
-compose_web_replace() {
-    local tag="$1" started=$SECONDS deadline=$((SECONDS + ${DEPLOY_HEALTH_TIMEOUT:-120})) url tls=()
-    echo "web: $tag brings other frontend or proxy content; replacing nginx with $(web_image "$tag")"
-    IMAGE_TAG="$tag" compose up -d --no-deps --timeout "${DEPLOY_WEB_STOP_TIMEOUT:-1}" web || return 1
-    url="$(driver_proxy_url)" || return 1
-    if [[ "$url" == https://* ]]; then
-        tls=(--insecure)
+# Starts nginx where none runs, in edge's network namespace. edge is started, never
+# recreated: nginx's connections live in its namespace (a changed edge definition, such as
+# another HTTP_PORT, takes `docker compose up -d` by the operator, a moment without service).
+compose_web_start() {
+    local tag="$1"
+    if ! compose_has_edge; then
+        compose_web_without_edge "$tag"
+        return
     fi
-    until curl -fsS -o /dev/null --max-time 1 "${tls[@]}" "$url/" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "web: the new nginx does not answer on $url after ${DEPLOY_HEALTH_TIMEOUT:-120}s" >&2
+    IMAGE_TAG="$tag" compose up -d --no-deps --no-recreate edge || return 1
+    IMAGE_TAG="$tag" compose up -d --no-deps web || return 1
+    compose_web_wait_listening "$(compose_container web)" || return 1
+}
+
+compose_has_edge() {
+    # Not grep -q: it stops reading at the match, and compose's broken pipe would fail the
+    # pipeline (pipefail).
+    compose config --services 2>/dev/null | grep -x edge >/dev/null
+}
+
+# A release from before edge held the ports (a rollback to it): its nginx publishes them
+# itself, so edge and every nginx go first, and new connections are refused meanwhile.
+compose_web_without_edge() {
+    local tag="$1" ids
+    echo "web: $tag's compose files have no edge; its nginx publishes the ports itself" \
+        "(new connections are refused until it listens)"
+    # nginx first: it runs in edge's namespace.
+    mapfile -t ids < <(compose ps -aq web
+        docker ps -aq --filter "label=com.docker.compose.project=$(compose_project)" \
+            --filter label=com.docker.compose.service=edge)
+    compose_web_stop_quickly "${ids[@]}" || return 1
+    IMAGE_TAG="$tag" compose up -d --no-deps web || return 1
+    compose_web_wait_listening "$(compose_container web)" || return 1
+    compose_exporter_follow "$tag" || return 1
+    echo "web: $(web_image "$tag") publishes the ports itself"
+}
+
+# Stops and removes the containers IDS... while their ports are missed: nginx gets 1 s to
+# finish its requests (SIGQUIT), which ordinary requests do in milliseconds, rather than the
+# 5 s it would hold live streams (those are cut and resume on the new nginx).
+compose_web_stop_quickly() {
+    local id
+    for id in "$@"; do
+        docker stop -t 1 "$id" >/dev/null || return 1
+        docker rm "$id" >/dev/null || return 1
+    done
+}
+
+compose_project() {
+    compose config | sed -n 's/^name: //p' | head -n 1
+}
+
+# Replaces nginx without refusing a connection: TAG's nginx starts beside the running one
+# in edge's network namespace (compose scales web up by one, leaving the running container
+# as it is), both listening with SO_REUSEPORT, and once it listens the old one is stopped.
+# docker stop sends SIGQUIT (the image's STOPSIGNAL): nginx closes its listeners, whose
+# queued connections the kernel moves to the new nginx's (edge's tcp_migrate_req), finishes
+# its requests and ends its live streams after worker_shutdown_timeout; those resume with
+# Last-Event-ID on the new nginx. More than one old container is left only by an interrupted
+# replacement; they all go.
+compose_web_replace() {
+    local tag="$1" started=$SECONDS old new id
+    if ! compose_has_edge; then
+        compose_web_without_edge "$tag"
+        return
+    fi
+    if [[ -z "$(compose ps -q --status running edge 2>/dev/null)" ]]; then
+        compose_web_move_to_edge "$tag"
+        return
+    fi
+    old="$(compose ps -aq web)"
+    echo "web: $tag brings other frontend or proxy content; starting $(web_image "$tag") beside the running nginx"
+    IMAGE_TAG="$tag" compose up -d --no-deps --no-recreate --scale "web=$(($(wc -l <<<"$old") + 1))" web || return 1
+    new="$(compose ps -aq web | grep -vxF "$old")"
+    if [[ "$(wc -l <<<"$new")" -ne 1 || -z "$new" ]]; then
+        echo "web: expected one new nginx container, found: ${new:-none}" >&2
+        return 1
+    fi
+    compose_web_wait_listening "$new" || return 1
+    echo "web: the new nginx (${new:0:12}) listens beside the old one; stopping the old one"
+    for id in $old; do
+        docker stop "$id" >/dev/null || return 1
+        docker rm "$id" >/dev/null || return 1
+    done
+    echo "web: the new nginx serves alone (replaced in about $((SECONDS - started))s)"
+}
+
+# The first replacement on a host whose nginx still publishes the ports itself (laid out
+# before edge held them): the ports can move only once that nginx is gone, so new
+# connections are refused for a moment, this once.
+compose_web_move_to_edge() {
+    local tag="$1" ids
+    echo "web: no edge holds the ports yet; moving them from the running nginx to edge" \
+        "(new connections are refused until $(web_image "$tag") listens)"
+    mapfile -t ids < <(compose ps -aq web)
+    compose_web_stop_quickly "${ids[@]}" || return 1
+    compose_web_start "$tag" || return 1
+    compose_exporter_follow "$tag" || return 1
+    echo "web: edge holds the ports now, and $(web_image "$tag") listens in its namespace"
+}
+
+# nginx-exporter shares nginx's network namespace: when that namespace changes hands (edge
+# takes it over from nginx, or gives it back), the exporter is recreated in the new one.
+compose_exporter_follow() {
+    if [[ -n "$(compose --profile monitoring ps -q nginx-exporter 2>/dev/null)" ]]; then
+        IMAGE_TAG="$1" compose --profile monitoring up -d --no-deps --force-recreate nginx-exporter || return 1
+    fi
+}
+
+# Waits until the nginx container ID listens: once the entrypoint has exec'd nginx (pid 1's
+# name; before that, pid 1's children are the entrypoint's scripts), its master binds every
+# listener before it starts its workers, so workers mean bound ports (read from /proc: the
+# image has no pgrep). Polled every 50 ms rather than through the health check (an interval
+# of 10 s).
+compose_web_wait_listening() {
+    local id="$1" deadline=$((SECONDS + ${DEPLOY_HEALTH_TIMEOUT:-120}))
+    # shellcheck disable=SC2016 # expanded by the container's shell
+    until [[ -n "$(docker exec "$id" sh -c 'read -r name </proc/1/comm && [ "$name" = nginx ] &&
+        cat /proc/1/task/1/children' 2>/dev/null)" ]]; do
+        if ((SECONDS >= deadline)) || [[ "$(docker inspect -f '{{.State.Running}}' "$id")" != true ]]; then
+            echo "web: the nginx in ${id:0:12} does not listen; its log:" >&2
+            docker logs --tail 30 "$id" >&2 2>&1 || true
             return 1
         fi
         sleep 0.05
     done
-    echo "web: the new nginx answers on $url (replaced in about $((SECONDS - started))s)"
-    # nginx-exporter shares web's network namespace (network_mode: service:web): it is
-    # recreated with it, or it would be left in the old container's.
-    if [[ -n "$(compose --profile monitoring ps -q nginx-exporter 2>/dev/null)" ]]; then
-        IMAGE_TAG="$tag" compose --profile monitoring up -d --no-deps --force-recreate nginx-exporter || return 1
-    fi
 }
 
 driver_proxy_running() {
@@ -199,9 +296,9 @@ driver_proxy_running() {
 # replaced container's pids start again from 1 and may repeat the old ones.
 driver_proxy_workers() {
     local id
-    id="$(compose_container web)"
-    [[ -n "$id" ]] || return 0
-    docker exec "$id" cat /proc/1/task/1/children 2>/dev/null | tr ' ' '\n' | grep . | sed "s/^/${id:0:12}:/" || true
+    for id in $(compose_container web); do
+        docker exec "$id" cat /proc/1/task/1/children 2>/dev/null | tr ' ' '\n' | grep . | sed "s/^/${id:0:12}:/" || true
+    done
 }
 
 # With NGINX_TLS=on in .env the plain port only redirects, so the checks go through HTTPS,
@@ -214,10 +311,10 @@ compose_tls_on() {
 driver_proxy_url() {
     local published
     if compose_tls_on; then
-        published="$(compose port web 8443)"
+        published="$(compose port edge 8443)"
         echo "https://127.0.0.1:${published##*:}"
     else
-        published="$(compose port web 8080)"
+        published="$(compose port edge 8080)"
         echo "http://127.0.0.1:${published##*:}"
     fi
 }
@@ -234,15 +331,18 @@ web_image() {
 
 # The candidate web container's name: one per compose project, so a leftover one is found.
 web_candidate_name() {
-    echo "$(compose config | sed -n 's/^name: //p' | head -n 1)-web-candidate"
+    echo "$(compose_project)-web-candidate"
 }
 
 # When TAG's web image has other content than the running one, it is checked before the
-# switch: a candidate container of it, without published ports, pointed at COLOR (its own
-# state folder holds COLOR's upstream), must answer the page and pass the smoke test on its
-# frontend address. Users never reach it; it is removed either way.
+# switch: a candidate container of it, pointed at COLOR (its own state folder holds COLOR's
+# upstream), must answer the page and pass the smoke test. It runs web's own definition in
+# the running nginx's network namespace (edge's; on a host laid out before edge, that
+# nginx's own), but on ports that nothing publishes and without reuseport
+# (WEB_CANDIDATE_*): users never reach it. It is removed either way.
+WEB_CANDIDATE_LISTEN=18080 WEB_CANDIDATE_TLS_LISTEN=18443 WEB_CANDIDATE_STATUS_LISTEN=127.0.0.1:18081
 driver_proxy_verify() {
-    local color="$1" tag="$2" id name candidate_state ip url tls=() deadline page ok=0
+    local color="$1" tag="$2" id name candidate_state holder ip url tls=() deadline page ok=0
     id="$(compose_container web)"
     if [[ -n "$id" && "$(web_content "$(docker inspect -f '{{.Image}}' "$id")")" == "$(web_content "$(web_image "$tag")")" ]]; then
         echo "web: frontend and proxy config unchanged; nginx keeps running and reloads at the switch"
@@ -252,26 +352,35 @@ driver_proxy_verify() {
         echo "web: no nginx runs yet; it starts at the switch"
         return 0
     fi
-    step "Checking $tag's new web image in a candidate container (no published port) pointed at $color"
+    step "Checking $tag's new web image in a candidate container (on unpublished ports) pointed at $color"
     name="$(web_candidate_name)"
     driver_proxy_cleanup
     candidate_state="$DEPLOY_STATE_DIR/web-candidate"
     mkdir -p "$candidate_state"
     printf '%s\n' "$(driver_upstream "$color")" >"$candidate_state/api-upstream"
+    # Where the release's files have no edge (a rollback to a release from before it), web's
+    # definition puts the candidate on the frontend network by itself.
+    holder="$name"
+    printf 'services: {}\n' >"$candidate_state/compose.yml"
+    if compose_has_edge; then
+        holder="$(compose_nginx_namespace "$(head -n 1 <<<"$id")")"
+        printf 'services:\n  web:\n    network_mode: "container:%s"\n' "$holder" >"$candidate_state/compose.yml"
+    fi
     DEPLOY_STATE_DIR="$candidate_state" IMAGE_TAG="$tag" \
-        compose run -d --no-deps --name "$name" web >/dev/null || return 1
-    ip="$(docker inspect -f '{{range $name, $net := .NetworkSettings.Networks}}{{$name}} {{$net.IPAddress}}{{"\n"}}{{end}}' \
-        "$name" | awk '$1 ~ /_frontend$/ {print $2}')"
+        compose -f "$candidate_state/compose.yml" run -d --no-deps --name "$name" -e NGINX_LISTEN_OPTIONS= \
+        -e NGINX_LISTEN="$WEB_CANDIDATE_LISTEN" -e NGINX_TLS_LISTEN="$WEB_CANDIDATE_TLS_LISTEN" \
+        -e STATUS_LISTEN="$WEB_CANDIDATE_STATUS_LISTEN" web >/dev/null || return 1
+    ip="$(compose_frontend_ip "$holder")"
     if [[ -z "$ip" ]]; then
-        echo "web: the candidate $name is on no frontend network" >&2
+        echo "web: nginx's network namespace ($holder) is on no frontend network" >&2
         driver_proxy_cleanup
         return 1
     fi
     if compose_tls_on; then
-        url="https://$ip:8443"
+        url="https://$ip:$WEB_CANDIDATE_TLS_LISTEN"
         tls=(--insecure)
     else
-        url="http://$ip:8080"
+        url="http://$ip:$WEB_CANDIDATE_LISTEN"
     fi
     deadline=$((SECONDS + 30))
     until curl -fsS -o /dev/null --max-time 1 "${tls[@]}" "$url/" 2>/dev/null; do
@@ -294,6 +403,24 @@ driver_proxy_verify() {
         echo "web: $tag's web image failed the checks on $url" >&2
         return 1
     fi
+}
+
+# The container whose network namespace the nginx container ID runs in: edge's, or on a
+# host laid out before edge, nginx's own.
+compose_nginx_namespace() {
+    local mode
+    mode="$(docker inspect -f '{{.HostConfig.NetworkMode}}' "$1")"
+    if [[ "$mode" == container:* ]]; then
+        echo "${mode#container:}"
+    else
+        echo "$1"
+    fi
+}
+
+# A container's address on the frontend network, which this machine reaches.
+compose_frontend_ip() {
+    docker inspect -f '{{range $name, $net := .NetworkSettings.Networks}}{{$name}} {{$net.IPAddress}}{{"\n"}}{{end}}' \
+        "$1" | awk '$1 ~ /_frontend$/ {print $2}'
 }
 
 # Removes what an interrupted driver_proxy_verify left (idempotent).

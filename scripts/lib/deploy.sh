@@ -140,7 +140,8 @@ switch_to() {
     state_set api-upstream "$(driver_upstream "$color")"
     driver_proxy_apply "$tag" || return 1
     for worker in $before; do
-        while driver_proxy_workers | grep -qxF "$worker"; do
+        # (grep reads to the end: with -q the driver's broken pipe would end the wait early.)
+        while driver_proxy_workers | grep -xF "$worker" >/dev/null; do
             if ((SECONDS >= deadline)); then
                 echo "nginx worker $worker still runs after 60s" >&2
                 return 1

@@ -264,6 +264,7 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
         raise RuntimeError(f"the stand-ins are built on {DEBIAN_RELEASE}, the API image wants {release}")
     nginx_image = dockerfile_arg(web_dockerfile, "NGINX_IMAGE")
     db_image = compose_db_image()
+    edge_image = compose_edge_image()
     debian = f"debian:{DEBIAN_RELEASE}-slim"
     built = {}
 
@@ -296,7 +297,7 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
             build_stand_in(engine, rust, context, rust_inputs, f"RUST_VERSION={host_rust}")
     built[rust] = rust_inputs
 
-    for image, folder in ((nginx_image, "nginx-unprivileged"), (db_image, "mariadb")):
+    for image, folder in ((nginx_image, "nginx-unprivileged"), (db_image, "mariadb"), (edge_image, "pause")):
         inputs = inputs_hash(STAND_INS / folder, debian_inputs)
         if pulled(engine, image):
             pass
@@ -350,11 +351,20 @@ def monitoring_images() -> dict[str, str]:
 
 def compose_db_image() -> str:
     """The db service's image in docker-compose.yml (mariadb:10.11)."""
+    return compose_image("db")
+
+
+def compose_edge_image() -> str:
+    """The edge service's image in docker-compose.yml (registry.k8s.io/pause)."""
+    return compose_image("edge")
+
+
+def compose_image(service: str) -> str:
     import yaml
 
-    image = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["db"].get("image")
+    image = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][service].get("image")
     if not image:
-        raise RuntimeError("docker-compose.yml: no image for the db service")
+        raise RuntimeError(f"docker-compose.yml: no image for the {service} service")
     return image
 
 

@@ -2,24 +2,22 @@
 host, under the traffic of tests/lib/traffic.py through the published nginx port (readers on
 keep-alive connections, writers with Idempotency-Keys, a live stream resumed with
 Last-Event-ID): no request may fail, no acknowledged write be lost, nothing be missed on the
-stream. The one exception: v1 and v2 have different web images, so each deploy between them
-replaces the web container, and new connections find no server until the new nginx listens
-(Docker publishes a port to one container at a time). Those requests, and only those, may
-fail; the gap is bounded and reported. The kills at each phase run on processes
-(tests/delivery), where they are fast."""
+stream. That holds when a deploy replaces the web container too (v1 and v2 have different
+web images): the new nginx starts beside the old one in edge's network namespace, and the
+published port is never unbound. The kills at each phase run on processes (tests/delivery),
+where they are fast."""
 
+import gzip
 import subprocess
 import time
 
 import pytest
+import yaml
 from stack import V2_PAGE_MARKER, WEB_CONTENT_LABEL, derive_web_image, http
-from traffic import Report, Traffic
+from traffic import Report, Traffic, p99
 
 # The issue's bound on the latency users see while nginx switches colors.
 SWITCH_P99_MS = 1000
-# The bound on the time new connections find no nginx while the web container is replaced
-# (docs/deployment.md has the figures measured).
-WEB_GAP_SECONDS = 3.0
 
 
 def broken_version(engine, registry: str, tag: str, instructions: str):
@@ -34,8 +32,10 @@ def live(prod) -> tuple[str, str]:
 
 
 MARKS = (("switch", "Switching nginx"), ("switched", "nginx now sends every request"),
-         ("web_replace", "replacing nginx with"), ("web_serves", "the new nginx answers"),
-         ("done", "Deployed "))
+         ("web_replace", "beside the running nginx"), ("web_serves", "the new nginx serves alone"),
+         ("done", "Deployed "),
+         ("to_edge", "moving them from the running nginx to edge"), ("on_edge", "edge holds the ports now"),
+         ("from_edge", "compose files have no edge"), ("off_edge", "publishes the ports itself"))
 
 
 def start_deploy(prod, tag: str, script: str = "deploy") -> subprocess.Popen:
@@ -68,24 +68,21 @@ def timed_deploy(prod, tag: str, script: str = "deploy") -> tuple[str, dict[str,
     return output, marks
 
 
-def assert_only_the_web_gap_failed(report: Report, marks: dict[str, float], results: dict, name: str) -> None:
-    """The requests that failed got no answer, and all were sent while the web container was
-    being replaced; the gap is within its bound. Everything else as for any deploy."""
-    print(f"traffic: {report}")
-    assert report.problems == [], report
-    assert report.requests > 100, report
-    for sent in report.failed:
-        assert sent.status == 0, sent
-        assert marks["web_replace"] <= sent.started <= marks["web_serves"], (sent, marks)
-    span = report.unanswered_span
-    gap = round(span[1] - span[0], 2) if span else 0.0
+def assert_the_web_switch_failed_nothing(report: Report, marks: dict[str, float], results: dict, name: str) -> None:
+    """A deploy that replaced the web container: nothing failed, as for any deploy; what the
+    replacement took, and what users' clients did meanwhile, is recorded."""
+    assert_users_saw_nothing(report)
+    window = [s for s in report.sent if marks["web_replace"] <= s.started <= marks["web_serves"]]
     results.setdefault("web_switch", []).append({
-        "deploy": name, "gap_seconds": gap, "failed": len(report.failed), "requests": report.requests,
+        "deploy": name, "failed": len(report.failed), "requests": report.requests,
+        "requests_during_replacement": len(window),
+        "resent_after_keepalive_close": sum(s.retried for s in window),
+        "replacement_p99_ms": round(p99([s.seconds for s in window]), 1),
         "replace_seconds": round(marks["web_serves"] - marks["web_replace"], 2),
-        "stream_retries": report.stream_retries_in_outage, "stream_resumed": report.stream_resumed,
+        "stream_resumed": report.stream_resumed,
     })
-    print(f"web switch ({name}): no answer for {gap} s, {len(report.failed)} failed requests")
-    assert gap <= WEB_GAP_SECONDS, report
+    print(f"web switch ({name}): {results['web_switch'][-1]}")
+    assert len(window) > 20, (window, marks)
 
 
 def web_content(engine, image: str) -> str | None:
@@ -95,6 +92,7 @@ def web_content(engine, image: str) -> str | None:
 def assert_web_serves(prod, engine, tag: str) -> None:
     """The web container runs an image with TAG's web content and serves TAG's page, and no
     candidate is left."""
+    assert len(prod.compose("ps", "--all", "-q", "web").stdout.split()) == 1
     web = prod.compose.inspect("web")
     registry = web["Config"]["Image"].split("/messages-web:")[0]
     image = f"{registry}/messages-web:{tag}"
@@ -139,8 +137,8 @@ def traffic(prod):
 def test_v1_to_v2_checks_the_new_web_image_then_switches_within_the_bounds(prod, images, engine, traffic, results):
     assert live(prod) == ("v1", "")
     output, marks = timed_deploy(prod, "v2")
-    report = traffic.stop((marks["switch"], marks["switched"]), (marks["web_replace"], marks["web_serves"]))
-    assert_only_the_web_gap_failed(report, marks, results, "v1 to v2")
+    report = traffic.stop((marks["switch"], marks["switched"]))
+    assert_the_web_switch_failed_nothing(report, marks, results, "v1 to v2")
     # The candidate served the page and passed the smoke test before the switch.
     assert "web candidate: GET / -> 200 with the page" in output, output
     candidate = output.index("web candidate: GET / -> 200 with the page")
@@ -157,9 +155,7 @@ def test_v1_to_v2_checks_the_new_web_image_then_switches_within_the_bounds(prod,
         "latency_p99_ms": round(report.p99_ms, 1), "switch_latency_p99_ms": round(report.window_p99_ms, 1),
         "switch_requests": report.window_requests,
     }
-    # A request sent into the gap can wait for it (a connection attempt retried after 1 s),
-    # so during this switch the bound is the gap's plus the usual one.
-    assert report.window_p99_ms <= SWITCH_P99_MS + WEB_GAP_SECONDS * 1000, report
+    assert report.window_p99_ms <= SWITCH_P99_MS, report
     assert "Deployed v2" in output
 
 
@@ -230,10 +226,38 @@ def test_a_release_that_changes_the_database_definition_is_refused_and_the_datab
     assert_consistent(prod)
 
 
+def test_update_db_backs_up_then_recreates_the_database_and_deploys(prod):
+    """The explicit step for a release that changes db's definition, both ways (a changed
+    definition, then the original again): a backup first, holding what was written, then the
+    database recreated on the same data folder, then the deploy. Users get 503s while the
+    database restarts (the docs say so); no acknowledged write is lost."""
+    compose_file = prod.path / "docker-compose.prod.yml"
+    original = compose_file.read_text()
+    changed = original.replace("\n  db:\n", "\n  db:\n    labels: [changed-by-the-release=yes]\n", 1)
+    assert changed != original
+    for step, definition in enumerate((changed, original)):
+        text = f"written before --update-db {step} {time.time()}"
+        assert http("POST", prod.url + "/api/messages", {"message": text}).status == 201
+        db, backups = prod.compose.container("db"), set((prod.path / "backups").iterdir())
+        live_tag = live(prod)[0]
+        other = "v1" if live_tag == "v2" else "v2"
+        compose_file.write_text(definition)
+        deploy = prod.script("deploy", "--update-db", other, check=False)
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert "backing up, then recreating it (--update-db)" in deploy.stdout
+        made = set((prod.path / "backups").iterdir()) - backups
+        assert any(text.encode() in gzip.decompress(f.read_bytes()) for f in made), made
+        assert prod.compose.container("db") != db
+        assert prod.sql(f"SELECT COUNT(*) FROM messages WHERE message = '{text}'") == [["1"]]
+        assert live(prod) == (other, live_tag)
+        assert_consistent(prod)
+        # The release's definition is the running one now: a plain deploy is not refused.
+        assert "definition unchanged" in prod.script("deploy", other).stdout
+
+
 def test_rollback_returns_to_v1_and_its_web_image(prod, engine, traffic, results):
     output, marks = timed_deploy(prod, "v1", script="rollback")
-    report = traffic.stop(outage=(marks["web_replace"], marks["web_serves"]))
-    assert_only_the_web_gap_failed(report, marks, results, "rollback v2 to v1")
+    assert_the_web_switch_failed_nothing(traffic.stop(), marks, results, "rollback v2 to v1")
     assert live(prod) == ("v1", "v2")
     assert_consistent(prod)
     assert_web_serves(prod, engine, "v1")
@@ -252,8 +276,7 @@ def test_a_second_deploy_during_one_is_refused(prod, engine, traffic, results):
         follow(first, lines, marks)
         first.wait(timeout=600)
     assert first.returncode == 0, "".join(lines)
-    report = traffic.stop(outage=(marks["web_replace"], marks["web_serves"]))
-    assert_only_the_web_gap_failed(report, marks, results, "v1 to v2 again")
+    assert_the_web_switch_failed_nothing(traffic.stop(), marks, results, "v1 to v2 again")
     assert live(prod) == ("v2", "v1")
     assert_consistent(prod)
     assert_web_serves(prod, engine, "v2")
@@ -264,7 +287,7 @@ def test_a_deploy_killed_while_it_replaces_the_web_container_is_repaired_by_the_
     assert before[0] != "v1"
     lines, marks = [], {"start": time.monotonic()}
     deploy = start_deploy(prod, "v1")
-    follow(deploy, lines, marks, until="replacing nginx with")
+    follow(deploy, lines, marks, until="beside the running nginx")
     deploy.kill()
     # Its compose command runs on (it holds the lock, so nothing else starts meanwhile);
     # the output ends when it does.
@@ -272,13 +295,100 @@ def test_a_deploy_killed_while_it_replaces_the_web_container_is_repaired_by_the_
     deploy.wait()
     assert (prod.path / ".deploy/deploying").exists(), "".join(lines)
     repair = prod.script("deploy", "--repair")
-    repaired = time.monotonic()
-    report = traffic.stop(outage=(marks["web_replace"], repaired))
-    print(f"traffic: {report}")
-    assert report.problems == [], report
-    for sent in report.failed:
-        assert sent.status == 0 and marks["web_replace"] <= sent.started <= repaired, sent
+    assert_users_saw_nothing(traffic.stop())
     assert "Repair: undoing the deploy of v1" in repair.stdout
     assert live(prod) == before
     assert_consistent(prod)
     assert_web_serves(prod, engine, before[0])
+
+
+def files_before_edge(prod) -> dict[str, str]:
+    """The host's compose files as releases before edge had them: nginx publishes the ports
+    itself, on the frontend network, and the exporter joins web's namespace."""
+    base = yaml.safe_load((prod.path / "docker-compose.yml").read_text())
+    production = yaml.safe_load((prod.path / "docker-compose.prod.yml").read_text())
+    for files, web_ports in ((base, base["services"]["edge"]["ports"]),
+                             (production, production["services"]["edge"]["ports"])):
+        del files["services"]["edge"]
+        files["services"]["web"]["ports"] = web_ports
+        files["services"]["web"].pop("network_mode", None)
+        files["services"]["web"].get("environment", {}).pop("NGINX_LISTEN_OPTIONS", None)
+    base["services"]["web"]["networks"] = ["frontend"]
+    base["services"]["nginx-exporter"]["network_mode"] = "service:web"
+    production["services"].pop("nginx-exporter", None)
+    return {"docker-compose.yml": yaml.safe_dump(base), "docker-compose.prod.yml": yaml.safe_dump(production)}
+
+
+def assert_only_the_move_failed(report: Report, start: float, end: float, results: dict, name: str) -> None:
+    """The ports change hands once: only requests that got no answer while the deploy moved
+    them (from the old nginx's stop to the deploy's end) may fail, within a bounded gap."""
+    print(f"traffic: {report}")
+    assert report.problems == [], report
+    for sent in report.failed:
+        assert sent.status == 0 and start <= sent.started <= end, sent
+    span = report.unanswered_span
+    results.setdefault("ports_moved", []).append({
+        "deploy": name, "failed": len(report.failed), "requests": report.requests,
+        "gap_seconds": round(span[1] - span[0], 2) if span else 0.0,
+    })
+    print(f"ports moved ({name}): {results['ports_moved'][-1]}")
+    assert not span or span[1] - span[0] <= 3.0, report
+
+
+def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_without_it(prod, engine, results):
+    """The first deploy of this release on a host that an older one laid out (its nginx
+    publishing the ports itself) moves the ports to edge; a rollback to a release without
+    edge gives them back. Both with one short gap, which is bounded; the next deploys again
+    fail nothing."""
+    current = {name: (prod.path / name).read_text() for name in ("docker-compose.yml", "docker-compose.prod.yml")}
+    before_edge = files_before_edge(prod)
+    live_tag = live(prod)[0]
+    other = "v1" if live_tag == "v2" else "v2"
+    edge = prod.compose.container("edge")
+    try:
+        # The host as an older release left it.
+        for name, text in before_edge.items():
+            (prod.path / name).write_text(text)
+        prod.compose("rm", "-sf", "web")
+        engine.docker("rm", "-f", edge)
+        prod.compose("up", "-d", "--no-deps", "web")
+        prod.compose.wait_healthy("web", timeout=60)
+        for name, text in current.items():
+            (prod.path / name).write_text(text)
+
+        users = Traffic(prod.url)
+        output, marks = timed_deploy(prod, other)
+        assert "on_edge" in marks, output
+        assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["done"])),
+                                    marks["to_edge"], marks["done"], results, "onto edge")
+        assert live(prod) == (other, live_tag)
+        assert_consistent(prod)
+        assert_web_serves(prod, engine, other)
+        web = prod.compose.inspect("web")
+        assert web["HostConfig"]["NetworkMode"] == f"container:{prod.compose.container('edge')}"
+
+        # A rollback to a release whose files have no edge.
+        for name, text in before_edge.items():
+            (prod.path / name).write_text(text)
+        users = Traffic(prod.url)
+        output, marks = timed_deploy(prod, live_tag)
+        assert "off_edge" in marks, output
+        assert_only_the_move_failed(users.stop(outage=(marks["from_edge"], marks["done"])),
+                                    marks["from_edge"], marks["done"], results, "off edge")
+        assert live(prod) == (live_tag, other)
+        assert_consistent(prod)
+        assert_web_serves(prod, engine, live_tag)
+        assert engine.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={prod.project}",
+                             "--filter", "label=com.docker.compose.service=edge").stdout.strip() == ""
+        assert prod.compose.inspect("web")["HostConfig"]["PortBindings"]["8080/tcp"]
+    finally:
+        for name, text in current.items():
+            (prod.path / name).write_text(text)
+    # And forward again, onto edge, for the tests after this one.
+    users = Traffic(prod.url)
+    output, marks = timed_deploy(prod, other)
+    assert "on_edge" in marks, output
+    assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["done"])),
+                                marks["to_edge"], marks["done"], results, "onto edge again")
+    assert_consistent(prod)
+    assert_web_serves(prod, engine, other)

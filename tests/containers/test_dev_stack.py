@@ -65,7 +65,9 @@ def test_the_api_migrates_on_start(dev):
 
 
 def test_web_is_published_on_loopback_only(dev):
-    bindings = dev.inspect("web")["HostConfig"]["PortBindings"]["8080/tcp"]
+    # nginx runs in edge's network namespace, which holds the port.
+    assert dev.inspect("web")["HostConfig"]["NetworkMode"] == f"container:{dev.container('edge')}"
+    bindings = dev.inspect("edge")["HostConfig"]["PortBindings"]["8080/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
     assert not dev.inspect("api")["HostConfig"]["PortBindings"]
     assert not dev.inspect("db")["HostConfig"]["PortBindings"]

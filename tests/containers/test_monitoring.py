@@ -74,8 +74,8 @@ def monitoring(prod):
                   "ALERT_RUNBOOK_BASE_URL=https://git.example.org/messages/blob/main\n"
                   "ALERT_DASHBOARD_BASE_URL=https://grafana.example.org\n")
     started = time.monotonic()
-    # --no-deps: db and web run already, started by the deploys; compose would recreate web
-    # (and with it nginx-exporter's network namespace) if it judged its settings changed.
+    # --no-deps: db, edge and web run already, started by the deploys; compose would recreate
+    # them if it judged their settings changed.
     prod.compose("--profile", "monitoring", "up", "-d", "--no-deps", *SERVICES)
     prometheus = Prometheus(f"http://{network_address(prod, 'prometheus', 'frontend')}:9090")
     eventually(lambda: urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=5).status == 200, 60,

@@ -135,6 +135,17 @@ def test_rollback_from_a_version_that_is_not_live_changes_nothing(host, v2_deplo
     host.assert_consistent()
 
 
+def test_a_deploy_of_latest_is_refused_and_changes_nothing(host, v2_deployed):
+    color = host.recorded("color")
+    pid = host.pid(color)
+    deploy = host.script("deploy", "latest")
+    assert deploy.returncode == 2, deploy
+    assert "'latest' moves" in deploy.output, deploy
+    assert host.live() == ("v2", "v1")
+    assert (host.recorded("color"), host.pid(color)) == (color, pid)
+    host.assert_consistent()
+
+
 # Where a deploy is interrupted: as each phase starts (the journal's phases), and while it
 # stops the old color after the commit.
 PHASES = {

@@ -124,7 +124,9 @@ def test_web_runs_a_worker_per_cpu_of_its_own_limit(rendered):
 def test_web_listens_where_compose_publishes_it(rendered):
     container = rendered.container("Deployment", "web")
     port = port_by_name(container, "http")
-    (published,) = COMPOSE["services"]["web"]["ports"]
+    # nginx runs in edge's network namespace, which publishes the port.
+    assert COMPOSE["services"]["web"]["network_mode"] == "service:edge"
+    (published,) = COMPOSE["services"]["edge"]["ports"]
     assert int(published.rsplit(":", 1)[1]) == port
     assert int(rendered.environment(container).get("NGINX_LISTEN", template_variables()["NGINX_LISTEN"])) == port
 

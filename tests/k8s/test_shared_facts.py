@@ -30,7 +30,9 @@ def test_the_web_content_label_is_the_one_the_deploy_reads():
 def test_the_production_web_publishes_tls_and_mounts_the_certificate_where_nginx_reads_them():
     defaults = template_variables()
     web = PROD["services"]["web"]
-    assert [p.rsplit(":", 1)[1] for p in web["ports"]] == [defaults["NGINX_TLS_LISTEN"]]
+    # edge holds the ports of nginx's network namespace.
+    assert [p.rsplit(":", 1)[1] for p in PROD["services"]["edge"]["ports"]] == [defaults["NGINX_TLS_LISTEN"]]
+    assert "ports" not in web
     mounts = {volume.split(":")[1] for volume in web["volumes"]}
     assert {str(Path(defaults["TLS_CERTIFICATE"]).parent), str(Path(defaults["TLS_CERTIFICATE_KEY"]).parent),
             defaults["ACME_WEBROOT"]} <= mounts
@@ -42,7 +44,7 @@ def test_the_production_web_publishes_tls_and_mounts_the_certificate_where_nginx
 
 def test_the_nginx_exporter_scrapes_where_stub_status_listens():
     (argument,) = COMPOSE["services"]["nginx-exporter"]["command"]
-    assert COMPOSE["services"]["nginx-exporter"]["network_mode"] == "service:web"
+    assert COMPOSE["services"]["nginx-exporter"]["network_mode"] == COMPOSE["services"]["web"]["network_mode"]
     assert argument == f"--nginx.scrape-uri=http://{template_variables()['STATUS_LISTEN']}/stub_status"
 
 

@@ -1,6 +1,8 @@
 """`Traffic`: what users do while a deploy runs, for deploys that must fail none of it.
 
 - readers list the messages on keep-alive connections, as browsers do;
+- visitors list them on a new connection each time, as new page loads do: a connection
+  refused, or reset before its answer, while nginx changes shows there;
 - writers post with an Idempotency-Key, each acknowledged write (201) is kept and read back
   at the end;
 - one live stream is held open and, when it ends, resumed with Last-Event-ID; at the end it
@@ -53,6 +55,8 @@ class Report:
     problems: list[str] = field(default_factory=list)
     # Attempts to resume the stream that got no answer during the outage stop() was told of.
     stream_retries_in_outage: int = 0
+    # Every request, for figures over a stretch of the run.
+    sent: list[Sent] = field(default_factory=list, repr=False)
 
     @property
     def unanswered_span(self) -> tuple[float, float] | None:
@@ -184,8 +188,8 @@ class ResumingStream:
 class Traffic:
     """Readers, writers and a live stream against `base` (nginx) until stopped."""
 
-    def __init__(self, base: str, readers: int = 4, writers: int = 2, read_pause: float = 0.02,
-                 write_pause: float = 0.5, timeout: float = 10):
+    def __init__(self, base: str, readers: int = 4, writers: int = 2, visitors: int = 2, read_pause: float = 0.02,
+                 write_pause: float = 0.5, visit_pause: float = 0.05, timeout: float = 10):
         # write_pause: nginx limits writes to 5 per second from one address (WRITE_RATE_LIMIT).
         self.base = base
         self.timeout = timeout
@@ -197,6 +201,8 @@ class Traffic:
         self.threads = [threading.Thread(target=self._read, args=(read_pause,), daemon=True) for _ in range(readers)]
         self.threads += [threading.Thread(target=self._write, args=(i, write_pause), daemon=True)
                          for i in range(writers)]
+        self.threads += [threading.Thread(target=self._visit, args=(visit_pause,), daemon=True)
+                         for _ in range(visitors)]
         for thread in self.threads:
             thread.start()
         eventually(lambda: self._count(201) >= writers and self._count(200) >= 20, 30, "the first reads and writes")
@@ -215,6 +221,13 @@ class Traffic:
             self._keep(connection.send("GET", "/api/messages?limit=20")[0])
             self.stop_event.wait(pause)
         connection.close()
+
+    def _visit(self, pause: float) -> None:
+        while not self.stop_event.is_set():
+            connection = Connection(self.base, self.timeout)
+            self._keep(connection.send("GET", "/api/messages?limit=20", headers={"Connection": "close"})[0])
+            connection.close()
+            self.stop_event.wait(pause)
 
     def _write(self, writer: int, pause: float) -> None:
         connection = Connection(self.base, self.timeout)
@@ -272,6 +285,7 @@ class Traffic:
             p99_ms=p99([s.seconds for s in self.sent]),
             window_p99_ms=p99([s.seconds for s in in_window]) if window else None,
             window_requests=len(in_window), problems=problems, stream_retries_in_outage=len(in_outage),
+            sent=list(self.sent),
         )
 
     def kill(self) -> None:

@@ -118,7 +118,7 @@ def test_monitoring_profile_publishes_only_grafana():
                                "pushgateway"}
     assert [name for name, s in monitoring.items() if s.get("ports")] == ["grafana"]
     for name, service in monitoring.items():
-        assert "backend" in service.get("networks", []) or service.get("network_mode") == "service:web", name
+        assert "backend" in service.get("networks", []) or service.get("network_mode") == "service:edge", name
 
 
 def test_scripts_remote_ships_every_folder_the_compose_services_mount():

@@ -87,8 +87,9 @@ def test_stack_and_compose_files_publish_the_same_ports(template, prepared_host)
                  "config", "--format", "json", cwd=REPO, env={**os.environ, "IMAGE_TAG": "0123456789ab"})
     services = json.loads(result.stdout)["services"]
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
-    assert list(published) == ["web"], "only nginx publishes a port"
-    http, https = sorted(published["web"], key=lambda port: port["target"])
+    assert list(published) == ["edge"], "only nginx's network namespace (edge's) publishes a port"
+    assert services["web"]["network_mode"] == "service:edge"
+    http, https = sorted(published["edge"], key=lambda port: port["target"])
     assert str(http["published"]) == http_port
     assert str(https["published"]) == "443"
     # Inside the container nginx listens on its template's defaults NGINX_LISTEN and NGINX_TLS_LISTEN.
