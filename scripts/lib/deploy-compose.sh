@@ -34,7 +34,7 @@ driver_prepare() {
         ;;
     esac
     for image in $(IMAGE_TAG="$1" compose config --images api web | sort -u); do
-        echo "$image is $(docker image inspect -f '{{.Id}} {{join .RepoDigests " "}}' "$image")"
+        echo "$image is $(docker image inspect -f '{{.Id}}{{range .RepoDigests}} {{.}}{{end}}' "$image")"
     done
     compose_db_unchanged
 }

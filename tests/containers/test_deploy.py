@@ -8,6 +8,7 @@ published port is never unbound. The kills at each phase run on processes (tests
 where they are fast."""
 
 import gzip
+import re
 import subprocess
 import time
 
@@ -144,6 +145,8 @@ def test_v1_to_v2_checks_the_new_web_image_then_switches_within_the_bounds(prod,
     candidate = output.index("web candidate: GET / -> 200 with the page")
     assert "smoke test: passed against http://" in output[candidate:output.index("Switching nginx")]
     assert "web: v2's web image passed the checks" in output
+    # The log names the exact images deployed.
+    assert re.search(r"/messages-api:v2 is sha256:[0-9a-f]{64}", output), output
     assert V2_PAGE_MARKER in http("GET", prod.url + "/").body.decode()
     assert live(prod) == ("v2", "v1")
     assert_consistent(prod)
