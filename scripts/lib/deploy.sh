@@ -197,7 +197,10 @@ release_install() {
     local files="$DEPLOY_ROOT/releases/$1"
     [[ -n "$1" && -d "$files" ]] || return 0
     echo "installing the delivery files of $1 ($files)"
-    cp -a "$files/." "$DEPLOY_ROOT/"
+    # --remove-destination: each file is a new one, never rewritten in place. The scripts
+    # running now (scripts/deploy itself, on a rollback) are among them, and bash reads a
+    # script as it goes: it keeps reading the old file.
+    cp -a --remove-destination "$files/." "$DEPLOY_ROOT/"
 }
 
 # release_stage UPLOAD TAG: keeps a copy of an upload as releases/TAG (the upload itself
