@@ -189,20 +189,23 @@ compose_web_without_edge() {
     mapfile -t ids < <(compose ps -aq web
         docker ps -aq --filter "label=com.docker.compose.project=$(compose_project)" \
             --filter label=com.docker.compose.service=edge)
-    compose_web_stop_quickly "${ids[@]}" || return 1
+    compose_web_remove 1 "${ids[@]}" || return 1
     IMAGE_TAG="$tag" compose up -d --no-deps web || return 1
     compose_web_wait_listening "$(compose_container web)" || return 1
     compose_exporter_follow "$tag" || return 1
     echo "web: $(web_image "$tag") publishes the ports itself"
 }
 
-# Stops and removes the containers IDS... while their ports are missed: nginx gets 1 s to
-# finish its requests (SIGQUIT), which ordinary requests do in milliseconds, rather than the
-# 5 s it would hold live streams (those are cut and resume on the new nginx).
-compose_web_stop_quickly() {
-    local id
+# compose_web_remove SECONDS ID...: stops the containers gracefully (docker stop: the
+# image's SIGQUIT for nginx, then SIGKILL after SECONDS) and removes them. Where their ports
+# are missed meanwhile, nginx gets 1 s to finish its requests, which ordinary requests do in
+# milliseconds, rather than the 5 s it would hold live streams (those are cut and resume on
+# the new nginx).
+compose_web_remove() {
+    local seconds="$1" id
+    shift
     for id in "$@"; do
-        docker stop -t 1 "$id" >/dev/null || return 1
+        docker stop -t "$seconds" "$id" >/dev/null || return 1
         docker rm "$id" >/dev/null || return 1
     done
 }
@@ -220,7 +223,7 @@ compose_project() {
 # Last-Event-ID on the new nginx. More than one old container is left only by an interrupted
 # replacement; they all go.
 compose_web_replace() {
-    local tag="$1" started=$SECONDS old new id
+    local tag="$1" started=$SECONDS old new
     if ! compose_has_edge; then
         compose_web_without_edge "$tag"
         return
@@ -239,10 +242,9 @@ compose_web_replace() {
     fi
     compose_web_wait_listening "$new" || return 1
     echo "web: the new nginx (${new:0:12}) listens beside the old one; stopping the old one"
-    for id in $old; do
-        docker stop "$id" >/dev/null || return 1
-        docker rm "$id" >/dev/null || return 1
-    done
+    # Docker's default 10 s: nobody waits for the old nginx, which ends its streams at 5 s.
+    # shellcheck disable=SC2086 # container ids, one per line
+    compose_web_remove 10 $old || return 1
     echo "web: the new nginx serves alone (replaced in about $((SECONDS - started))s)"
 }
 
@@ -254,7 +256,7 @@ compose_web_move_to_edge() {
     echo "web: no edge holds the ports yet; moving them from the running nginx to edge" \
         "(new connections are refused until $(web_image "$tag") listens)"
     mapfile -t ids < <(compose ps -aq web)
-    compose_web_stop_quickly "${ids[@]}" || return 1
+    compose_web_remove 1 "${ids[@]}" || return 1
     compose_web_start "$tag" || return 1
     compose_exporter_follow "$tag" || return 1
     echo "web: edge holds the ports now, and $(web_image "$tag") listens in its namespace"
@@ -360,11 +362,12 @@ driver_proxy_verify() {
     printf '%s\n' "$(driver_upstream "$color")" >"$candidate_state/api-upstream"
     # Where the release's files have no edge (a rollback to a release from before it), web's
     # definition puts the candidate on the frontend network by itself.
-    holder="$name"
-    printf 'services: {}\n' >"$candidate_state/compose.yml"
     if compose_has_edge; then
         holder="$(compose_nginx_namespace "$(head -n 1 <<<"$id")")"
         printf 'services:\n  web:\n    network_mode: "container:%s"\n' "$holder" >"$candidate_state/compose.yml"
+    else
+        holder="$name"
+        printf 'services: {}\n' >"$candidate_state/compose.yml"
     fi
     DEPLOY_STATE_DIR="$candidate_state" IMAGE_TAG="$tag" \
         compose -f "$candidate_state/compose.yml" run -d --no-deps --name "$name" -e NGINX_LISTEN_OPTIONS= \

@@ -264,7 +264,7 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
         raise RuntimeError(f"the stand-ins are built on {DEBIAN_RELEASE}, the API image wants {release}")
     nginx_image = dockerfile_arg(web_dockerfile, "NGINX_IMAGE")
     db_image = compose_db_image()
-    edge_image = compose_edge_image()
+    edge_image = compose_image("edge")
     debian = f"debian:{DEBIAN_RELEASE}-slim"
     built = {}
 
@@ -352,11 +352,6 @@ def monitoring_images() -> dict[str, str]:
 def compose_db_image() -> str:
     """The db service's image in docker-compose.yml (mariadb:10.11)."""
     return compose_image("db")
-
-
-def compose_edge_image() -> str:
-    """The edge service's image in docker-compose.yml (registry.k8s.io/pause)."""
-    return compose_image("edge")
 
 
 def compose_image(service: str) -> str:

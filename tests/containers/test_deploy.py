@@ -338,6 +338,23 @@ def assert_only_the_move_failed(report: Report, start: float, end: float, result
     assert not span or span[1] - span[0] <= 3.0, report
 
 
+def write_files(prod, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (prod.path / name).write_text(text)
+
+
+def deploy_moving_the_ports(prod, engine, results: dict, tag: str, moving: str, moved: str, name: str) -> None:
+    """Deploys TAG under traffic through a move of the ports (its lines `moving` and `moved`):
+    only that move may fail requests, and the host ends consistent, serving TAG's page."""
+    users = Traffic(prod.url)
+    output, marks = timed_deploy(prod, tag)
+    assert moved in marks, output
+    assert_only_the_move_failed(users.stop(outage=(marks[moving], marks["done"])),
+                                marks[moving], marks["done"], results, name)
+    assert_consistent(prod)
+    assert_web_serves(prod, engine, tag)
+
+
 def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_without_it(prod, engine, results):
     """The first deploy of this release on a host that an older one laid out (its nginx
     publishing the ports itself) moves the ports to edge; a rollback to a release without
@@ -350,48 +367,26 @@ def test_a_host_from_before_edge_moves_its_ports_to_edge_and_back_for_a_release_
     edge = prod.compose.container("edge")
     try:
         # The host as an older release left it.
-        for name, text in before_edge.items():
-            (prod.path / name).write_text(text)
+        write_files(prod, before_edge)
         prod.compose("rm", "-sf", "web")
         engine.docker("rm", "-f", edge)
         prod.compose("up", "-d", "--no-deps", "web")
         prod.compose.wait_healthy("web", timeout=60)
-        for name, text in current.items():
-            (prod.path / name).write_text(text)
+        write_files(prod, current)
 
-        users = Traffic(prod.url)
-        output, marks = timed_deploy(prod, other)
-        assert "on_edge" in marks, output
-        assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["done"])),
-                                    marks["to_edge"], marks["done"], results, "onto edge")
+        deploy_moving_the_ports(prod, engine, results, other, "to_edge", "on_edge", "onto edge")
         assert live(prod) == (other, live_tag)
-        assert_consistent(prod)
-        assert_web_serves(prod, engine, other)
         web = prod.compose.inspect("web")
         assert web["HostConfig"]["NetworkMode"] == f"container:{prod.compose.container('edge')}"
 
         # A rollback to a release whose files have no edge.
-        for name, text in before_edge.items():
-            (prod.path / name).write_text(text)
-        users = Traffic(prod.url)
-        output, marks = timed_deploy(prod, live_tag)
-        assert "off_edge" in marks, output
-        assert_only_the_move_failed(users.stop(outage=(marks["from_edge"], marks["done"])),
-                                    marks["from_edge"], marks["done"], results, "off edge")
+        write_files(prod, before_edge)
+        deploy_moving_the_ports(prod, engine, results, live_tag, "from_edge", "off_edge", "off edge")
         assert live(prod) == (live_tag, other)
-        assert_consistent(prod)
-        assert_web_serves(prod, engine, live_tag)
         assert engine.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={prod.project}",
                              "--filter", "label=com.docker.compose.service=edge").stdout.strip() == ""
         assert prod.compose.inspect("web")["HostConfig"]["PortBindings"]["8080/tcp"]
     finally:
-        for name, text in current.items():
-            (prod.path / name).write_text(text)
+        write_files(prod, current)
     # And forward again, onto edge, for the tests after this one.
-    users = Traffic(prod.url)
-    output, marks = timed_deploy(prod, other)
-    assert "on_edge" in marks, output
-    assert_only_the_move_failed(users.stop(outage=(marks["to_edge"], marks["done"])),
-                                marks["to_edge"], marks["done"], results, "onto edge again")
-    assert_consistent(prod)
-    assert_web_serves(prod, engine, other)
+    deploy_moving_the_ports(prod, engine, results, other, "to_edge", "on_edge", "onto edge again")

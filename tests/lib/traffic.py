@@ -186,7 +186,7 @@ class ResumingStream:
 
 
 class Traffic:
-    """Readers, writers and a live stream against `base` (nginx) until stopped."""
+    """Readers, visitors, writers and a live stream against `base` (nginx) until stopped."""
 
     def __init__(self, base: str, readers: int = 4, writers: int = 2, visitors: int = 2, read_pause: float = 0.02,
                  write_pause: float = 0.5, visit_pause: float = 0.05, timeout: float = 10):
