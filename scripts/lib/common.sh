@@ -40,6 +40,16 @@ ensure_packages() {
 }
 
 # Waits until a command succeeds, up to $1 seconds.
+# stoppable_sleep DURATION: sleeps, but SIGTERM or SIGINT ends the script at once. As a
+# container's pid 1 bash gets only the signals it traps, and it runs a trap only once the
+# command in the foreground is done: so the sleep runs in the background, waited for.
+stoppable_sleep() {
+    trap 'kill "$!" 2>/dev/null; exit 143' TERM
+    trap 'kill "$!" 2>/dev/null; exit 130' INT
+    sleep "$1" &
+    wait "$!"
+}
+
 wait_for() {
     local seconds=$1
     shift

@@ -47,6 +47,7 @@ compose_db_unchanged() {
     id="$(compose_container db)"
     if [[ -z "$id" ]]; then
         compose up -d --no-recreate --wait db
+        compose_backup_account
         return
     fi
     running="$(docker inspect -f '{{index .Config.Labels "com.docker.compose.config-hash"}}' "$id")"
@@ -54,8 +55,10 @@ compose_db_unchanged() {
     if [[ "$running" == "$wanted" ]]; then
         echo "db: definition unchanged; left running"
         compose up -d --no-recreate --wait db
+        compose_backup_account
     elif [[ "${DEPLOY_UPDATE_DB:-}" == 1 ]]; then
         echo "db: definition changed; backing up, then recreating it (--update-db)"
+        compose_backup_account
         compose run --rm --no-deps --entrypoint /opt/messages/scripts/backup backup
         compose up -d --no-deps --wait db
     else
@@ -64,6 +67,31 @@ compose_db_unchanged() {
             "database, recreates it (the API is unavailable meanwhile) and deploys." >&2
         return 1
     fi
+}
+
+# The backup services' account, kept as this release defines it at every deploy: its
+# password from secrets/db_backup_password, and the rights to dump the app's database
+# (with the binary log position, which takes RELOAD), list, flush and read the binary logs,
+# nothing else. Not written to the binary log: accounts are not the app's data.
+compose_backup_account() {
+    local file="$DEPLOY_ROOT/secrets/db_backup_password" password db
+    if [[ ! -s "$file" ]]; then
+        echo "$file is missing or empty: run scripts/prepare-host on this host (it generates the" \
+            "backup account's password), then deploy again" >&2
+        return 1
+    fi
+    password="$(<"$file")"
+    # As a string literal: backslashes and quotes escaped.
+    password="${password//\\/\\\\}" && password="${password//\'/\\\'}"
+    db="$(driver_db_name)"
+    echo "db: keeping the backup account"
+    compose_db_client mysql --batch <<SQL
+SET SESSION sql_log_bin = 0;
+CREATE USER IF NOT EXISTS 'backup'@'%' IDENTIFIED BY '$password';
+ALTER USER 'backup'@'%' IDENTIFIED BY '$password';
+GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES ON \`$db\`.* TO 'backup'@'%';
+GRANT RELOAD, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'backup'@'%';
+SQL
 }
 
 driver_migrate() {
@@ -103,6 +131,27 @@ compose_db_client() {
     compose exec -T db sh -c 'umask 077 &&
         printf "[client]\nuser=root\npassword=\"%s\"\n" "$(cat /run/secrets/db_root_password)" >/tmp/restore.cnf &&
         exec "$0" --defaults-extra-file=/tmp/restore.cnf "$@"' "$@"
+}
+
+# The backup services' S3 settings (docker-compose.prod.yml's x-backup-job) from the host's
+# .env, for scripts/restore, which runs on the host: what the environment sets wins. The AWS
+# CLI's credentials are secrets/backup_aws_credentials when it holds any, else its own
+# chain (on EC2, the instance role).
+driver_offsite_settings() {
+    local key value
+    for key in BACKUP_S3_URI BACKUP_S3_ENDPOINT_URL BACKUP_S3_REGION; do
+        [[ -z "${!key:-}" ]] || continue
+        value="$(sed -n "s/^$key=//p" "$DEPLOY_ROOT/.env" | tail -n 1)"
+        # Compose reads a quoted value without its quotes.
+        value="${value#[\"\']}" && value="${value%[\"\']}"
+        [[ -z "$value" ]] || export "$key=$value"
+    done
+    if [[ -z "${AWS_DEFAULT_REGION:-}" && -n "${BACKUP_S3_REGION:-}" ]]; then
+        export AWS_DEFAULT_REGION="$BACKUP_S3_REGION"
+    fi
+    if [[ -z "${AWS_SHARED_CREDENTIALS_FILE:-}" && -s "$DEPLOY_ROOT/secrets/backup_aws_credentials" ]]; then
+        export AWS_SHARED_CREDENTIALS_FILE="$DEPLOY_ROOT/secrets/backup_aws_credentials"
+    fi
 }
 
 driver_db_open() {
@@ -445,7 +494,7 @@ driver_finish() {
     else
         echo "IMAGE_TAG=$tag" >>"$env_file"
     fi
-    # The backup service runs the live release's scripts (and definition). nginx was
+    # The backup services run the live release's scripts (and definition). nginx was
     # switched to TAG's web image already, before the commit (driver_proxy_apply).
-    compose up -d --no-deps backup
+    compose up -d --no-deps backup binlog-archiver
 }

@@ -63,6 +63,11 @@ driver_migrations() {
     ls "$DEPLOY_RELEASES_DIR/$1/migrations/mysql"
 }
 
+# The S3 settings are the environment's own (BACKUP_S3_URI, BACKUP_S3_ENDPOINT_URL, AWS_*).
+driver_offsite_settings() {
+    :
+}
+
 driver_db_open() {
     mysql_client_init
 }

@@ -169,16 +169,19 @@ class Host:
             f"HTTP_PORT=127.0.0.1:{self.port}\nHTTPS_PORT=127.0.0.1:{self.https_port}\n"
             f"MYSQL_DATABASE=messages\nMYSQL_USER=messages\n"
             f"BACKUP_UID={self.backup_uid}\nBACKUP_GID={self.backup_uid}\n"
+            # Each stack's own offsite bridge: two stacks may be up at once on this engine.
+            f"OFFSITE_BRIDGE=offsite{secrets.token_hex(3)}\n"
         )
         (path / "secrets").mkdir(mode=0o700)
         self.secrets = {}
-        for name in ("db_password", "db_root_password", "admin_token", "token_sealing_key"):
+        for name in ("db_password", "db_root_password", "admin_token", "token_sealing_key", "db_backup_password"):
             value = secrets.token_hex(32)
             (path / "secrets" / name).write_text(value + "\n")
             (path / "secrets" / name).chmod(0o444)
             self.secrets[name] = value
         # The alert receivers' secrets, empty as scripts/prepare-host leaves them for the operator.
-        for name in ("alert_smtp_password", "alert_smtp_ca", "alert_webhook_url"):
+        # The backup services' AWS credentials too: empty on EC2, where the instance role serves.
+        for name in ("alert_smtp_password", "alert_smtp_ca", "alert_webhook_url", "backup_aws_credentials"):
             (path / "secrets" / name).touch(mode=0o644)
         (path / "backups").mkdir(mode=0o700)
         shutil.chown(path / "backups", self.backup_uid, self.backup_uid)
@@ -224,3 +227,19 @@ class Host:
 
     def down(self):
         self.compose.down()
+
+
+def snapshot(prod) -> list:
+    """Every table of the live database: its definition and its rows with each column as HEX
+    (NULL spelled out), in the order of all the columns."""
+    parts = []
+    tables = prod.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'messages' "
+                      "AND table_type = 'BASE TABLE' ORDER BY table_name")
+    for (table,) in tables:
+        columns = [c for (c,) in prod.sql("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                          f"'messages' AND table_name = '{table}' ORDER BY ordinal_position")]
+        hexed = ", ".join(f"IFNULL(HEX(`{c}`), 'NULL')" for c in columns)
+        order = ", ".join(str(i) for i in range(1, len(columns) + 1))
+        parts.append(prod.sql(f"SHOW CREATE TABLE `{table}`"))
+        parts.append(prod.sql(f"SELECT {hexed} FROM `{table}` ORDER BY {order}"))
+    return parts

@@ -8,27 +8,11 @@ import re
 
 import pytest
 from harness import eventually
-from stack import http
+from stack import http, snapshot
 
 TEXTS = ["emoji 👩🏽‍💻🎉", "漢字かなカナ 한국어", "quotes ' \" ` and back\\slashes", "tab\tnew\nline",
          "<img src=x onerror=alert(1)>"]
 AFTER_THE_BACKUP = "written after the backup"
-
-
-def snapshot(prod) -> list:
-    """Every table of the live database: its definition and its rows with each column as HEX
-    (NULL spelled out), in the order of all the columns."""
-    parts = []
-    tables = prod.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'messages' "
-                      "AND table_type = 'BASE TABLE' ORDER BY table_name")
-    for (table,) in tables:
-        columns = [c for (c,) in prod.sql("SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                                          f"'messages' AND table_name = '{table}' ORDER BY ordinal_position")]
-        hexed = ", ".join(f"IFNULL(HEX(`{c}`), 'NULL')" for c in columns)
-        order = ", ".join(str(i) for i in range(1, len(columns) + 1))
-        parts.append(prod.sql(f"SHOW CREATE TABLE `{table}`"))
-        parts.append(prod.sql(f"SELECT {hexed} FROM `{table}` ORDER BY {order}"))
-    return parts
 
 
 def restore_databases(prod) -> list:

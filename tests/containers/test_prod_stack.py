@@ -12,7 +12,7 @@ from engine import ROOT, compose_db_image
 from harness import eventually
 from stack import http
 
-HARDENED = ("db", "edge", "web", "backup")
+HARDENED = ("db", "edge", "web", "backup", "binlog-archiver")
 
 
 def live_color(prod) -> str:
@@ -22,6 +22,7 @@ def live_color(prod) -> str:
 def test_every_service_is_healthy_and_the_migration_job_succeeded(prod):
     prod.compose.wait_healthy("db", live_color(prod), "web", timeout=60)
     assert prod.compose.state("backup") == "running/"
+    assert prod.compose.state("binlog-archiver") == "running/"
     # The job runs with `compose run --rm`, so no container of it is left to ask: its work
     # shows in the database. Every migration the release ships is applied, and not by the
     # API itself, which starts with RUN_MIGRATIONS=false.
@@ -33,13 +34,17 @@ def test_every_service_is_healthy_and_the_migration_job_succeeded(prod):
 
 
 def test_the_db_runs_the_mariadb_the_compose_files_name_with_the_images_own_health_check(prod):
-    """The engine shipped is the engine tested: the db (and the backup service's client) is
-    the compose files' image, and the server answering is that release series of MariaDB."""
+    """The engine shipped is the engine tested: the db is the compose files' image, the server
+    answering is that release series of MariaDB, and the backup services' client is of the
+    same series."""
     image = compose_db_image()
     series = image.split(":")[1]
     db = prod.compose.inspect("db")
     assert db["Config"]["Image"] == image
-    assert prod.compose.inspect("backup")["Config"]["Image"] == image
+    for service in ("backup", "binlog-archiver"):
+        assert prod.compose.inspect(service)["Config"]["Image"] == "local/messages-backup:v1", service
+    client = prod.compose("exec", "-T", "backup", "mariadb-dump", "--version").stdout
+    assert f"Distrib {series}." in client, client
     assert db["Config"]["Healthcheck"]["Test"] == ["CMD", "healthcheck.sh", "--connect", "--innodb_initialized"]
     assert prod.compose.state("db") == "running/healthy"
     [[version]] = prod.sql("SELECT VERSION()")
@@ -119,3 +124,22 @@ def test_a_crashed_container_is_restarted_and_the_stack_serves_again(prod):
         prod.compose.wait_healthy(service, timeout=90)
     assert eventually(lambda: http("GET", prod.url + "/health").status == 200, 30, what="nginx to serve")
     prod.script("smoke-test", prod.url)
+
+
+def test_the_db_writes_each_commit_to_its_binary_log(prod):
+    """What scripts/archive-binlogs and restore --to need, and what makes the log as durable
+    as the tables: row events, synced at every commit."""
+    [row] = prod.sql("SELECT @@log_bin, @@binlog_format, @@sync_binlog, @@binlog_expire_logs_seconds")
+    assert row == ["1", "ROW", "1", "604800"]
+
+
+def test_the_backup_account_may_dump_and_read_the_binary_logs_and_nothing_else(prod):
+    grants = sorted(row[0] for row in prod.sql("SHOW GRANTS FOR 'backup'@'%'"))
+    assert [re.sub(r" IDENTIFIED BY PASSWORD '[^']*'", "", grant) for grant in grants] == [
+        "GRANT RELOAD, BINLOG MONITOR, REPLICATION SLAVE ON *.* TO `backup`@`%`",
+        "GRANT SELECT, LOCK TABLES, SHOW VIEW, TRIGGER ON `messages`.* TO `backup`@`%`",
+    ]
+    # Its password is the host's secret, as the services read it.
+    logged_in = prod.compose("exec", "-T", "backup", "sh", "-c",
+                             'mariadb -h db -u backup -p"$(cat /run/secrets/db_backup_password)" -N -e "SELECT CURRENT_USER()"')
+    assert logged_in.stdout.strip() == "backup@%"

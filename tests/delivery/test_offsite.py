@@ -16,88 +16,22 @@ import hashlib
 import json
 import os
 import re
-import signal
-import subprocess
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from s3 import AWS_ENV, BUCKET, Service, get, local_s3
 from support import ProcessHost, eventually, free_port, post_message
 
-BUCKET = "messages-backups"
-# moto accepts any credentials; the AWS CLI needs some, and a region.
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "delivery-tests", "AWS_SECRET_ACCESS_KEY": "delivery-tests",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 ARCHIVE_INTERVAL = 10
-
-
-class Service:
-    """A server process of the test run, its output in a log file, stopped at the end."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
-        self.log = log
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, start_new_session=True)
-
-    def alive(self) -> bool:
-        assert self.process.poll() is None, f"{self.process.args[0]} exited: {self.log.read_text()[-2000:]}"
-        return True
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-
-
-def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        return answer.read()
-
-
-class S3:
-    """The local S3, through the AWS CLI."""
-
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint
-        self.env = {**os.environ, **AWS_ENV}
-
-    def aws(self, *args: str) -> str:
-        result = subprocess.run(["aws", "--endpoint-url", self.endpoint, *args], env=self.env, text=True,
-                                capture_output=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def keys(self, prefix: str) -> list[str]:
-        listed = json.loads(self.aws("s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", prefix) or "{}")
-        return [item["Key"] for item in listed.get("Contents", [])]
-
-    def fetch(self, key: str, into: Path) -> bytes:
-        self.aws("s3api", "get-object", "--bucket", BUCKET, "--key", key, str(into))
-        return into.read_bytes()
-
-    def head(self, key: str) -> dict:
-        return json.loads(self.aws("s3api", "head-object", "--bucket", BUCKET, "--key", key,
-                                   "--checksum-mode", "ENABLED"))
 
 
 @pytest.fixture(scope="module")
 def s3(run_dir):
-    port = free_port()
-    server = Service(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                     run_dir / "moto.log")
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        eventually(lambda: server.alive() and get(endpoint), 60, "the local S3 to answer")
-        storage = S3(endpoint)
-        storage.aws("s3api", "create-bucket", "--bucket", BUCKET)
-        storage.aws("s3api", "put-bucket-versioning", "--bucket", BUCKET,
-                    "--versioning-configuration", "Status=Enabled")
+    with local_s3(run_dir) as storage:
         yield storage
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,8 @@ def test_no_data_path_is_left_on_the_root_volume(template):
                 writable.setdefault(name, []).append(mount["source"].removeprefix(project))
     assert writable == {"db": ["db-data"], "backup": ["backups"]}
     assert sorted(s["file"].removeprefix(project) for s in config["secrets"].values()) == [
-        "secrets/admin_token", "secrets/db_password", "secrets/db_root_password", "secrets/token_sealing_key"]
+        "secrets/admin_token", "secrets/backup_aws_credentials", "secrets/db_backup_password", "secrets/db_password",
+        "secrets/db_root_password", "secrets/token_sealing_key"]
 
 
 def test_backup_bucket_is_versioned_encrypted_private_tls_only_expiring_and_kept(template):
