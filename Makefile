@@ -10,7 +10,7 @@ test: ## Lint, then run every test against real SQLite and MariaDB
 test-cluster: ## Only the cluster tests: three Galera nodes behind HAProxy, two API replicas, contract, stream, failover
 	scripts/test-cluster
 
-test-containers: ## Only the container tests: both images, both compose stacks, blue/green deploys, on a real Docker Engine
+test-containers: ## Only the container tests: the three images, both compose stacks, blue/green deploys, on a real Docker Engine
 	scripts/test-containers
 
 test-k8s: ## Only the Kubernetes manifests' tests: kubectl kustomize | kubernetes-validate --strict per supported version, agreement with compose

@@ -25,7 +25,7 @@ driver_prepare() {
     case "${DEPLOY_PULL:-always}" in
     always)
         echo "pulling $1"
-        IMAGE_TAG="$1" compose pull --quiet api web
+        IMAGE_TAG="$1" compose pull --quiet api web backup
         ;;
     never) echo "DEPLOY_PULL=never: using the images this engine has" ;;
     *)
@@ -33,7 +33,7 @@ driver_prepare() {
         return 1
         ;;
     esac
-    for image in $(IMAGE_TAG="$1" compose config --images api web | sort -u); do
+    for image in $(IMAGE_TAG="$1" compose config --images api web backup | sort -u); do
         echo "$image is $(docker image inspect -f '{{.Id}}{{range .RepoDigests}} {{.}}{{end}}' "$image")"
     done
     compose_db_unchanged

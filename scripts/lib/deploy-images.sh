@@ -11,7 +11,18 @@ image_tag() {
     fi
 }
 
-# image_name api|web: REGISTRY/messages-api or REGISTRY/messages-web.
+# The project's images: scripts/images builds and pushes them, the scans check them.
+PROJECT_IMAGES=(api web backup)
+
+# Every project image's name with this checkout's tag.
+tagged_images() {
+    local image
+    for image in "${PROJECT_IMAGES[@]}"; do
+        echo "$(image_name "$image"):$(image_tag)"
+    done
+}
+
+# image_name api|web|backup: REGISTRY/messages-api, REGISTRY/messages-web, ….
 image_name() {
     echo "${REGISTRY:?set REGISTRY, e.g. ghcr.io/OWNER}/messages-$1"
 }

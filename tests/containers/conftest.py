@@ -58,9 +58,9 @@ def install_compose_plugin(engine: Engine) -> None:
 
 
 def build_images(engine: Engine, tag: str, *which: str, **env: str) -> None:
-    """Both images (or those named), as the pipeline builds them: scripts/images build, on
+    """Every image (or those named), as the pipeline builds them: scripts/images build, on
     the engine's own base images (the stand-ins: no registry to pull from)."""
-    log(f"scripts/images build {' '.join(which)} ({REGISTRY}/messages-{{api,web}}:{tag})")
+    log(f"scripts/images build {' '.join(which)} ({REGISTRY}/messages-{{api,web,backup}}:{tag})")
     result = subprocess.run(
         ["scripts/images", "build", *which], cwd=ROOT, capture_output=True, text=True,
         env={**engine.env, "REGISTRY": REGISTRY, "IMAGE_TAG": tag, "DOCKER_BUILD_NETWORK": "host",
@@ -75,7 +75,7 @@ _images_failed: list[str] = []
 
 @pytest.fixture(scope="session")
 def images(engine):
-    """The stand-in base images, then the project's two images as v1 and v2 (the same
+    """The stand-in base images, then the project's three images as v1 and v2 (the same
     source with another VERSION build argument, for the deploys), v2's page with one more
     line (V2_PAGE_MARKER), so that a deploy between them replaces the web container. A
     failed build is not retried for every test that needs the images."""

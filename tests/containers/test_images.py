@@ -1,4 +1,4 @@
-"""The two images as scripts/images builds them."""
+"""The three images as scripts/images builds them."""
 
 import json
 import subprocess
@@ -17,9 +17,9 @@ def config(engine, image: str) -> dict:
     return json.loads(engine.docker("image", "inspect", image).stdout)[0]["Config"]
 
 
-def test_both_images_are_built_with_the_commit_labels(engine, images, results):
+def test_every_image_is_built_with_the_commit_labels(engine, images, results):
     sizes = {}
-    for name in ("api", "web"):
+    for name in ("api", "web", "backup"):
         image = f"{images['registry']}/messages-{name}:v1"
         labels = config(engine, image)["Labels"]
         assert labels["org.opencontainers.image.version"] == "v1"
@@ -33,8 +33,8 @@ def test_the_api_image_stays_under_its_size_limit(engine, images):
     assert size_mb < API_SIZE_LIMIT_MB, f"the API image is {size_mb:.1f} MB"
 
 
-def test_both_images_run_as_non_root_users(engine, images):
-    for name, user in (("api", "10001:10001"), ("web", "101")):
+def test_every_image_runs_as_a_non_root_user(engine, images):
+    for name, user in (("api", "10001:10001"), ("web", "101"), ("backup", "10002:10002")):
         image = f"{images['registry']}/messages-{name}:v1"
         assert config(engine, image)["User"] == user
         uid = engine.docker("run", "--rm", "--entrypoint", "id", image, "-u").stdout.strip()
@@ -45,6 +45,29 @@ def test_the_api_binary_finds_every_library_it_links(engine, images):
     image = f"{images['registry']}/messages-api:v1"
     out = engine.docker("run", "--rm", image, "--version").stdout
     assert out.startswith("messages-api ")
+
+
+def test_the_backup_image_carries_the_tools_the_backup_scripts_run(engine, images):
+    """The MariaDB client of the database's series, the binary log reader, the AWS CLI and
+    curl, on the Debian release the API image runs on."""
+    image = f"{images['registry']}/messages-backup:v1"
+    versions = engine.docker("run", "--rm", image, "bash", "-c",
+                             "mariadb-dump --version && mariadb-binlog --version && aws --version"
+                             " && curl --version && gzip --version").stdout
+    assert "Distrib 10.11." in versions
+    assert "aws-cli/2." in versions
+    api_image = f"{images['registry']}/messages-api:v1"
+    debian = [engine.docker("run", "--rm", "--entrypoint", "cat", image, "/etc/debian_version").stdout
+              for image in (image, api_image)]
+    assert debian[0] == debian[1]
+
+
+def test_the_backup_image_reaches_https_with_the_ca_bundle(engine, images):
+    """The AWS CLI verifies S3's certificate against the image's CA bundle."""
+    image = f"{images['registry']}/messages-backup:v1"
+    bundle = engine.docker("run", "--rm", image, "bash", "-c",
+                           "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt").stdout
+    assert int(bundle) > 100
 
 
 def test_the_web_image_renders_its_template_with_the_defaults(engine, images):
@@ -85,10 +108,10 @@ def test_the_web_identity_changes_when_only_its_base_image_changes(engine, image
 
 @pytest.fixture(scope="module")
 def saved_images(engine, images, tmp_path_factory) -> dict:
-    """Both v1 images as `docker save` archives, which Trivy reads without an engine."""
+    """Every v1 image as a `docker save` archive, which Trivy reads without an engine."""
     folder = tmp_path_factory.mktemp("saved-images")
     saved = {}
-    for name in ("api", "web"):
+    for name in ("api", "web", "backup"):
         saved[name] = folder / f"messages-{name}.tar"
         engine.docker("save", "-o", str(saved[name]), f"{images['registry']}/messages-{name}:v1")
     return saved
@@ -138,7 +161,7 @@ def test_the_api_image_sbom_lists_the_crates_of_cargo_lock(engine, saved_images,
     assert sorted(crates - compiled) == [], "in the image's SBOM, not among the API's crates in Cargo.lock"
 
 
-def test_neither_image_holds_a_secret(engine, saved_images):
+def test_no_image_holds_a_secret(engine, saved_images):
     result = subprocess.run([str(ROOT / "scripts/scan-secrets"), "--images", *map(str, saved_images.values())],
                             cwd=ROOT, env=engine.env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -147,14 +147,15 @@ def test_scan_fails_again_once_an_ignore_entry_has_expired(gate, tmp_path):
     assert "1 fixable HIGH or CRITICAL vulnerabilities" in result.stderr
 
 
-def test_scan_fetches_the_database_once_then_checks_both_images_of_this_commit(gate):
+def test_scan_fetches_the_database_once_then_checks_every_image_of_this_commit(gate):
     result = gate("scan-images", stand_in_trivy=True)
     assert result.returncode == 1
     calls = gate.calls()
     assert "--download-db-only" in calls[0]
     scanned = [call[-1] for call in calls[1:]]
-    assert scanned == ["registry.test/owner/messages-api:0123456789ab", "registry.test/owner/messages-web:0123456789ab"]
+    assert scanned == [f"registry.test/owner/messages-{name}:0123456789ab" for name in ("api", "web", "backup")]
     # The report keeps every finding: Trivy applies no ignore file, the policy does.
     assert all(call[:2] == ["image", "--quiet"] and "--skip-db-update" in call
                and call[call.index("--ignorefile") + 1] == "" for call in calls[1:])
-    assert sorted(p.name for p in (gate.reports / "trivy").iterdir()) == ["messages-api.json", "messages-web.json"]
+    assert sorted(p.name for p in (gate.reports / "trivy").iterdir()) == [
+        "messages-api.json", "messages-backup.json", "messages-web.json"]

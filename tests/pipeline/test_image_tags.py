@@ -65,13 +65,15 @@ def test_build_tags_each_image_with_the_commit_only(images):
     assert result.returncode == 0, result.stderr
     built = builds(result)
     assert {name: tags(call) for name, call in built.items()} == {
-        "api": [f"{REGISTRY}/messages-api:{TAG}"], "web": [f"{REGISTRY}/messages-web:{TAG}"]}
+        "api": [f"{REGISTRY}/messages-api:{TAG}"], "web": [f"{REGISTRY}/messages-web:{TAG}"],
+        "backup": [f"{REGISTRY}/messages-backup:{TAG}"]}
     assert not any("latest" in " ".join(call) for call in result.calls)
 
 
 def test_build_pulls_the_base_images_unless_told_to_use_the_engines_own(images):
     pulled = images("build")
     assert "--pull" in builds(pulled)["api"]
+    assert "--pull" in builds(pulled)["backup"]
     nginx = re.search(r"^ARG NGINX_IMAGE=(\S+)$", (REPO / "docker/web.Dockerfile").read_text(), re.M).group(1)
     assert ["pull", nginx] in pulled.calls
     assert pulled.calls.index(["pull", nginx]) < pulled.calls.index(builds(pulled)["web"])
@@ -91,7 +93,8 @@ def test_push_pushes_the_commit_tag_and_never_latest(images):
     result = images("push", BRANCH_NAME="main")
     assert result.returncode == 0, result.stderr
     assert [c for c in result.calls if c[0] == "push"] == [
-        ["push", f"{REGISTRY}/messages-api:{TAG}"], ["push", f"{REGISTRY}/messages-web:{TAG}"]]
+        ["push", f"{REGISTRY}/messages-api:{TAG}"], ["push", f"{REGISTRY}/messages-web:{TAG}"],
+        ["push", f"{REGISTRY}/messages-backup:{TAG}"]]
 
 
 @pytest.mark.parametrize("branch", [{"BRANCH_NAME": "feature/x"}, {"GIT_BRANCH": "origin/feature/x"},
@@ -107,7 +110,7 @@ def test_latest_is_refused_for_a_build_of_another_branch(images, branch):
 def test_latest_from_main_points_latest_at_the_commit_tag(images, branch):
     result = images("latest", **branch)
     assert result.returncode == 0, result.stderr
-    for name in ("api", "web"):
+    for name in ("api", "web", "backup"):
         image = f"{REGISTRY}/messages-{name}"
         assert ["tag", f"{image}:{TAG}", f"{image}:latest"] in result.calls
         assert ["push", f"{image}:latest"] in result.calls
