@@ -38,11 +38,12 @@ def test_without_a_bucket_the_archiver_waits_and_stops_at_once(prod):
 
 
 @pytest.fixture(scope="module")
-def s3(engine, workdir):
-    """The local S3 on the engine's default bridge address: this machine's own, which the
-    containers of every network with a way out reach."""
-    gateway = engine.docker("network", "inspect", "bridge", "-f",
+def s3(engine, prod, workdir):
+    """The local S3 on this machine's address on the stack's offsite network (its bridge's
+    gateway), which the backup services reach as they would reach S3 on the way out."""
+    gateway = engine.docker("network", "inspect", f"{prod.project}_offsite", "-f",
                             "{{range .IPAM.Config}}{{.Gateway}}{{end}}").stdout.strip()
+    assert gateway, "the offsite network has no gateway address"
     with local_s3(workdir, gateway) as storage:
         yield storage
 
