@@ -75,7 +75,9 @@ def test_the_backup_service_uploads_its_backup_and_s3_holds_it_byte_for_byte(pro
     local = prod.path / "backups" / key.rsplit("/", 1)[1]
     assert s3.fetch(key, workdir / "fetched.sql.gz") == local.read_bytes()
     assert s3.head(key)["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(local.read_bytes()).digest()).decode()
-    assert f"verified s3://{BUCKET}/{key}: {local.stat().st_size} bytes" in prod.compose.logs("backup")
+    # The object is listed once uploaded; the service says so once it has checked it.
+    verified = f"verified s3://{BUCKET}/{key}: {local.stat().st_size} bytes"
+    eventually(lambda: verified in prod.compose.logs("backup"), 60, what="the backup service's check", interval=1)
 
 
 def test_a_refused_upload_fails_the_backup_and_keeps_the_local_file(prod, offsite):
