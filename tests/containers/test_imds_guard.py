@@ -80,8 +80,9 @@ def metadata_stand_in(tmp_path_factory):
             server.terminate()
             server.wait()
         run("ip", "route", "flush", "table", table, check=False, capture_output=True)
-        # Deleting the namespace deletes its veth end, and with it the host's.
         run("ip", "netns", "delete", namespace, check=False, capture_output=True)
+        # Gone with the namespace's end, unless something still held the namespace.
+        run("ip", "link", "delete", host_end, check=False, capture_output=True)
 
 
 @pytest.fixture(scope="module")
