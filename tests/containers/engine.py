@@ -254,6 +254,20 @@ def host_toolchain() -> tuple[Path, str]:
     return sysroot, version
 
 
+def debian_stand_in(engine: Engine) -> tuple[str, str]:
+    """The Debian base image (debootstrapped and imported, or found cached); its name and inputs."""
+    debian = f"debian:{DEBIAN_RELEASE}-slim"
+    # The root is made by import_debian: its code is an input, the rest of this file is not.
+    debian_inputs = inputs_hash(DEBIAN_RELEASE, DEBIAN_MIRROR, Path("/etc/ssl/certs/ca-certificates.crt"),
+                                inspect.getsource(import_debian))
+    if pulled(engine, debian, f"debian:{DEBIAN_RELEASE}"):
+        debian_inputs = "pulled"
+    elif engine.image_label(debian, CACHE_LABEL) != debian_inputs:
+        import_debian(engine, debian, debian_inputs)
+    engine.docker("tag", debian, f"debian:{DEBIAN_RELEASE}")
+    return debian, debian_inputs
+
+
 def build_stand_ins(engine: Engine) -> dict[str, str]:
     """Builds (or finds cached) every stand-in base image; returns {upstream name: inputs}."""
     api_dockerfile = ROOT / "docker/api.Dockerfile"
@@ -265,18 +279,8 @@ def build_stand_ins(engine: Engine) -> dict[str, str]:
     nginx_image = dockerfile_arg(web_dockerfile, "NGINX_IMAGE")
     db_image = compose_db_image()
     edge_image = compose_image("edge")
-    debian = f"debian:{DEBIAN_RELEASE}-slim"
-    built = {}
-
-    # The root is made by import_debian: its code is an input, the rest of this file is not.
-    debian_inputs = inputs_hash(DEBIAN_RELEASE, DEBIAN_MIRROR, Path("/etc/ssl/certs/ca-certificates.crt"),
-                                inspect.getsource(import_debian))
-    if pulled(engine, debian, f"debian:{DEBIAN_RELEASE}"):
-        debian_inputs = "pulled"
-    elif engine.image_label(debian, CACHE_LABEL) != debian_inputs:
-        import_debian(engine, debian, debian_inputs)
-    engine.docker("tag", debian, f"debian:{DEBIAN_RELEASE}")
-    built[debian] = debian_inputs
+    debian, debian_inputs = debian_stand_in(engine)
+    built = {debian: debian_inputs}
 
     toolchain, host_rust = host_toolchain()
     if not host_rust.startswith(rust_version + ".") and host_rust != rust_version:

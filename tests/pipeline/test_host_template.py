@@ -36,6 +36,10 @@ def test_security_group_opens_https_and_the_app_port_to_all_and_ssh_to_jenkins_o
 def test_instance_requires_imdsv2_and_an_encrypted_gp3_root_volume(template):
     data = template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
+    # Containers on a Docker bridge are one hop further than the host: 2 lets them reach the
+    # metadata service, and the host's IMDS guard lets only the offsite network's through
+    # (test_prepare_host.py, tests/containers/test_imds_guard.py).
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
     (root,) = data["BlockDeviceMappings"]
     assert root["Ebs"]["VolumeType"] == "gp3"
     assert root["Ebs"]["Encrypted"] is True
@@ -227,8 +231,8 @@ def test_instance_may_put_get_and_list_only_under_the_stacks_prefix_and_delete_n
     }
 
 
-def test_the_host_is_told_its_backup_location_and_the_stack_outputs_it(template):
+def test_the_host_is_told_its_backup_location_and_region_and_the_stack_outputs_the_location(template):
     body = template["Resources"]["Instance"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
     location = "s3://${BackupBucket}/${AWS::StackName}"
-    assert f"--backup-s3-uri '{location}'" in body
+    assert f"--backup-s3-uri '{location}' --backup-s3-region '${{AWS::Region}}'" in body
     assert template["Outputs"]["BackupS3Uri"]["Value"] == {"Fn::Sub": location}

@@ -42,6 +42,57 @@ def test_first_run_installs_docker_and_the_ecr_credential_helper(prepared_host):
     assert "installing docker.io docker-compose" in prepared_host.first.stdout
 
 
+def test_first_run_installs_what_restore_uses_on_the_host(prepared_host):
+    """scripts/restore fetches from S3 with the AWS CLI and replays binary logs with
+    mariadb-binlog, on the host itself."""
+    status = prepared_host.path("/var/lib/dpkg/status").read_text()
+    installed = set(re.findall(r"^Package: (\S+)\nStatus: install ok installed$", status, re.MULTILINE))
+    assert {"mariadb-client", "awscli", "iptables"} <= installed
+    assert prepared_host.path("/usr/bin/mariadb-binlog").exists()
+    assert prepared_host.path("/usr/bin/aws").exists()
+    restore = (REPO / "scripts/restore").read_text()
+    assert "command -v mariadb-binlog" in restore
+    assert "install mariadb-client" in restore
+
+
+def test_imds_guard_and_its_unit_are_installed_to_run_after_every_docker_start(prepared_host):
+    guard = "/usr/local/sbin/messages-imds-guard"
+    assert owner_mode(prepared_host, guard) == (0, 0, 0o755)
+    assert prepared_host.path(guard).read_text() == run(
+        str(REPO / "scripts/prepare-host"), "--print-imds-guard").stdout, "the guard the container tests run"
+    unit = "/etc/systemd/system/messages-imds-guard.service"
+    assert owner_mode(prepared_host, unit) == (0, 0, 0o644)
+    lines = prepared_host.path(unit).read_text().splitlines()
+    for line in ("After=docker.service", "PartOf=docker.service", "Type=oneshot", "RemainAfterExit=yes",
+                 f"ExecStart={guard}", "WantedBy=multi-user.target docker.service"):
+        assert line in lines, line
+
+
+# Stands in for iptables: records each call; the chain is there, the rule is not yet.
+IPTABLES_STAND_IN = """#!/bin/sh
+echo "$*" >>"$IPTABLES_CALLS"
+case " $* " in *" -C "*) exit 1 ;; esac
+"""
+
+
+def test_imds_guard_admits_the_bridge_the_compose_file_names_the_offsite_network(tmp_path):
+    """The guard's own default, as messages-imds-guard.service runs it (no environment),
+    against docker-compose.prod.yml's default for OFFSITE_BRIDGE."""
+    compose = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())
+    bridge_option = compose["networks"]["offsite"]["driver_opts"]["com.docker.network.bridge.name"]
+    compose_default = re.fullmatch(r"\$\{OFFSITE_BRIDGE:-([\w.-]+)\}", bridge_option).group(1)
+    assert compose_default == "msg-offsite"
+    guard = tmp_path / "messages-imds-guard"
+    guard.write_text(run(str(REPO / "scripts/prepare-host"), "--print-imds-guard").stdout)
+    guard.chmod(0o755)
+    (tmp_path / "iptables").write_text(IPTABLES_STAND_IN)
+    (tmp_path / "iptables").chmod(0o755)
+    calls = tmp_path / "calls"
+    run(str(guard), env={"PATH": f"{tmp_path}:/usr/bin:/bin", "IPTABLES_CALLS": str(calls)})
+    assert calls.read_text().splitlines()[-1] == (
+        f"-w -I DOCKER-USER 1 -d 169.254.169.254/32 ! -i {compose_default} -j REJECT")
+
+
 def test_deploy_user_is_in_the_docker_group_with_only_the_jenkins_key(prepared_host):
     name, _, uid, gid, _, home, shell = prepared_host.passwd("deploy")
     assert (home, shell) == ("/home/deploy", "/bin/bash")
@@ -104,7 +155,7 @@ def test_the_database_backups_secrets_and_settings_land_on_the_data_volume(prepa
     assert on_volume != os.stat(prepared_host.path("/etc")).st_dev
     assert on_volume == data_disk.stat().st_rdev
     for path in ("db-data", "backups", "secrets", "secrets/db_password", "secrets/db_root_password",
-                 "secrets/admin_token", "secrets/token_sealing_key", ".deploy", ".env"):
+                 "secrets/admin_token", "secrets/token_sealing_key", "secrets/db_backup_password", ".deploy", ".env"):
         assert os.stat(prepared_host.path(f"{DATA_DIR}/{path}")).st_dev == on_volume, path
 
 
@@ -120,6 +171,7 @@ def test_env_file_holds_the_stack_settings_and_no_password_nor_image_tag(prepare
         "BACKUP_UID": uid,
         "BACKUP_GID": gid,
         "BACKUP_S3_URI": f"s3://{BACKUP_BUCKET}/{STACK_NAME}",
+        "BACKUP_S3_REGION": REGION,
         "NGINX_TLS": "on",
         "HTTPS_PORT": "443",
     }
@@ -153,9 +205,10 @@ def test_secrets_are_generated_once_as_the_compose_file_names_them(prepared_host
     compose = (REPO / "docker-compose.prod.yml").read_text()
     named = sorted(re.findall(r"file: \./secrets/(\w+)", compose))
     present = sorted(p.name for p in prepared_host.path("/srv/messages/secrets").iterdir())
-    generated = ["admin_token", "db_password", "db_root_password", "token_sealing_key"]
-    # Alertmanager's: the operator fills them; empty, their integration stays off.
-    given = ["alert_smtp_ca", "alert_smtp_password", "alert_webhook_url"]
+    generated = ["admin_token", "db_backup_password", "db_password", "db_root_password", "token_sealing_key"]
+    # The operator fills them. Alertmanager's: empty, their integration stays off; the
+    # backup services' AWS credentials: empty on EC2, where the instance role is used.
+    given = ["alert_smtp_ca", "alert_smtp_password", "alert_webhook_url", "backup_aws_credentials"]
     assert present == named == sorted(generated + given)
     for name in given:
         path = f"/srv/messages/secrets/{name}"
@@ -192,6 +245,9 @@ def test_refuses_bad_arguments_before_touching_anything(tmp_path):
         (["--ssh-key", JENKINS_KEY, "--data-volume", DATA_VOLUME, "--data-device", "/dev/nvme1n1"], "not both"),
         (["--ssh-key", JENKINS_KEY, "--backup-s3-uri", "https://bucket/prefix"], "not an S3 location"),
         (["--ssh-key", JENKINS_KEY, "--backup-s3-uri", "s3://bucket/a|b"], "not an S3 location"),
+        (["--ssh-key", JENKINS_KEY, "--backup-s3-region", "EU-WEST-1"], "not an AWS region"),
+        (["--ssh-key", JENKINS_KEY, "--backup-s3-region", "eu-west-1|x"], "not an AWS region"),
+        (["--ssh-key", JENKINS_KEY, "--backup-s3-region"], "usage:"),
     ]
     for args, message in cases:
         result = run(script, *args, check=False)
@@ -264,7 +320,7 @@ def volume_listing(root) -> dict:
     return listing(root / DATA_DIR.lstrip("/"))
 
 
-SECRETS = ("db_password", "db_root_password", "admin_token", "token_sealing_key")
+SECRETS = ("db_password", "db_root_password", "admin_token", "token_sealing_key", "db_backup_password")
 
 
 @dataclass
