@@ -194,13 +194,30 @@ repair() {
 # release_install TAG: copies releases/TAG's delivery files over DEPLOY_DIR's, when the host
 # keeps that release (scripts/remote uploads them; a host laid out by hand has none).
 release_install() {
-    local files="$DEPLOY_ROOT/releases/$1"
+    local files="$DEPLOY_ROOT/releases/$1" staging
     [[ -n "$1" && -d "$files" ]] || return 0
     echo "installing the delivery files of $1 ($files)"
-    # --remove-destination: each file is a new one, never rewritten in place. The scripts
-    # running now (scripts/deploy itself, on a rollback) are among them, and bash reads a
-    # script as it goes: it keeps reading the old file.
-    cp -a --remove-destination "$files/." "$DEPLOY_ROOT/"
+    # Copied beside their places first, then each renamed over its own: a file is always
+    # whole, the old one or the new one, even in a deploy killed meanwhile (a file copied in
+    # place would be left cut short, and a cut-short scripts/rollback does nothing, silently).
+    # A renamed file is a new one, too: the scripts running now (scripts/deploy itself, on a
+    # rollback) are among them, and bash reads a script as it goes, so it keeps reading the
+    # old file. A staging copy that a killed install left behind is removed first.
+    rm -rf "$DEPLOY_ROOT"/.install.*
+    staging="$(mktemp -d "$DEPLOY_ROOT/.install.XXXXXX")"
+    cp -a "$files/." "$staging/"
+    (
+        cd "$staging" || exit
+        # Parents before children; a new folder keeps the release's mode.
+        find . -mindepth 1 -type d -print0 | while IFS= read -r -d '' folder; do
+            if [[ ! -d "$DEPLOY_ROOT/$folder" ]]; then
+                mkdir "$DEPLOY_ROOT/$folder"
+                chmod --reference="$folder" "$DEPLOY_ROOT/$folder"
+            fi
+        done
+        find . ! -type d -print0 | xargs -0 -I '{}' mv -f -T '{}' "$DEPLOY_ROOT/{}"
+    )
+    rm -rf "$staging"
 }
 
 # release_stage UPLOAD TAG: keeps a copy of an upload as releases/TAG (the upload itself
