@@ -21,11 +21,12 @@ compose_container() {
 }
 
 driver_prepare() {
-    local image
+    # The services of the project's images (binlog-archiver shares backup's).
+    local image services=(api web backup)
     case "${DEPLOY_PULL:-always}" in
     always)
         echo "pulling $1"
-        IMAGE_TAG="$1" compose pull --quiet api web backup
+        IMAGE_TAG="$1" compose pull --quiet "${services[@]}"
         ;;
     never) echo "DEPLOY_PULL=never: using the images this engine has" ;;
     *)
@@ -33,7 +34,7 @@ driver_prepare() {
         return 1
         ;;
     esac
-    for image in $(IMAGE_TAG="$1" compose config --images api web backup | sort -u); do
+    for image in $(IMAGE_TAG="$1" compose config --images "${services[@]}" | sort -u); do
         echo "$image is $(docker image inspect -f '{{.Id}}{{range .RepoDigests}} {{.}}{{end}}' "$image")"
     done
     compose_db_unchanged
